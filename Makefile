@@ -1,0 +1,56 @@
+# Percorso — every target creates and uses its own virtualenv (.venv); nothing else is assumed.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install run demo worker test test-unit test-broker lint typecheck validate simulate bench clean
+
+help: ## list the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install Percorso with its dev tools
+
+run: $(STAMP) ## the embedded default: local broker, worker, synthetic traffic, live summary
+	$(BIN)/percorso demo
+
+demo: run ## same as run
+
+worker: $(STAMP) ## one Faust worker against KAFKA_BOOTSTRAP_SERVERS
+	$(BIN)/percorso worker
+
+test: $(STAMP) ## the whole suite (unit, property, and real-broker tests)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-unit: $(STAMP) ## only the tests that need no broker
+	$(BIN)/python -m pytest -m 'not broker' $(PYTEST_ARGS)
+
+test-broker: $(STAMP) ## only the real-broker tests
+	$(BIN)/python -m pytest -m broker $(PYTEST_ARGS)
+
+lint: $(STAMP) ## ruff
+	$(BIN)/ruff check percorso journeys agents tests bench
+	$(BIN)/ruff format --check percorso journeys agents tests bench
+
+typecheck: $(STAMP) ## mypy
+	$(BIN)/mypy
+
+validate: $(STAMP) ## validate the shipped journey catalog
+	$(BIN)/percorso validate journeys/
+
+simulate: $(STAMP) ## replay the example events offline through the shipped journeys
+	$(BIN)/percorso simulate --journeys journeys/catalog --events examples/events.jsonl
+
+bench: $(STAMP) ## benchmarks (never part of make test); writes bench/results/<date>.json
+	$(BIN)/python -m bench
+
+clean: ## remove the virtualenv and caches
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

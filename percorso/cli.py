@@ -1,0 +1,236 @@
+"""The ``percorso`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from percorso.config import Settings
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    settings = Settings.from_env()
+    overrides: dict[str, Any] = {}
+    if getattr(args, "bootstrap_servers", None):
+        overrides["bootstrap_servers"] = args.bootstrap_servers
+    if getattr(args, "schema_registry_url", None):
+        overrides["schema_registry_url"] = args.schema_registry_url
+    if getattr(args, "journeys", None):
+        overrides["journeys_dir"] = Path(args.journeys)
+    if getattr(args, "data_dir", None):
+        overrides["data_dir"] = Path(args.data_dir)
+    if getattr(args, "web_port", None):
+        overrides["web_port"] = args.web_port
+    if getattr(args, "app_id", None):
+        overrides["app_id"] = args.app_id
+    if getattr(args, "topic", None) and args.command == "produce":
+        overrides["topics"] = replace(settings.topics, touchpoints=args.topic)
+    return replace(settings, **overrides)
+
+
+def _require_broker(settings: Settings) -> None:
+    if not settings.bootstrap_servers:
+        sys.exit("percorso: no broker: set KAFKA_BOOTSTRAP_SERVERS or pass --bootstrap-servers "
+                 "(only `percorso demo` starts an embedded broker)")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bootstrap-servers", help="Kafka brokers (env KAFKA_BOOTSTRAP_SERVERS)")
+    p.add_argument("--schema-registry-url", help="Schema Registry (env SCHEMA_REGISTRY_URL); "
+                                                 "unset: the ids recorded in schemas/")
+
+
+def cmd_produce(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from percorso import clients
+    from percorso.produce import LineError, TouchpointSender, open_events, read_jsonl, send_all
+    from percorso.synthetic import SyntheticTraffic
+
+    settings = _settings(args)
+    _require_broker(settings)
+    if bool(args.events) == bool(args.synthetic):
+        sys.exit("percorso produce: give exactly one of --events FILE or --synthetic")
+    if args.ensure_topics:
+        from percorso.topics import ensure_topics, percorso_topics
+
+        ensure_topics(clients.admin(settings), percorso_topics(settings))
+    err = Console(stderr=True)
+    codecs = clients.Codecs.from_settings(settings)
+    sender = TouchpointSender(clients.producer(settings), codecs, settings.topics.touchpoints)
+    errors: list[LineError] = []
+    if args.events:
+        stream = open_events(args.events)
+        events: Any = read_jsonl(stream, errors)
+        total = None
+        rate = args.rate
+    else:
+        traffic = SyntheticTraffic(args.customers, seed=args.seed, rate=args.rate or 100.0,
+                                   start_ms=args.start_ms if args.start_ms is not None
+                                   else _now_ms())
+        total = args.count
+        events = (traffic.next_event() for _ in range(args.count)) if args.count else traffic
+        rate = args.rate
+    show = sys.stderr.isatty() and not args.quiet
+    try:
+        if show:
+            with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                          console=err, transient=True) as progress:
+                summary = send_all(sender, events, rate, progress, total)
+        else:
+            summary = send_all(sender, events, rate)
+    except KeyboardInterrupt:
+        sender.flush()
+        summary = sender.summary
+    summary.invalid = errors
+    for e in errors:
+        print(f"{args.events}:{e.line}: skipped: {e.message}", file=sys.stderr)
+    print(json.dumps({"topic": settings.topics.touchpoints, **summary.as_dict()}))
+    if summary.failed:
+        print(f"delivery failed for {summary.failed} messages: {sender.first_error}",
+              file=sys.stderr)
+        return 1
+    return 2 if errors else 0
+
+
+def _now_ms() -> int:
+    import time
+
+    return int(time.time() * 1000)
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    from percorso.clients import Codecs
+    from percorso.tail import dumps, tail
+
+    settings = _settings(args)
+    _require_broker(settings)
+    try:
+        for record in tail(settings, args.topic, Codecs.from_settings(settings),
+                           from_beginning=not args.from_end, max_messages=args.max,
+                           idle_timeout=args.idle_timeout, with_meta=args.with_meta):
+            print(dumps(record), flush=True)
+    except ValueError as exc:
+        sys.exit(f"percorso tail: {exc}")
+    except KeyboardInterrupt:
+        pass
+    except BrokenPipeError:
+        os._exit(0)
+    return 0
+
+
+def cmd_topics(args: argparse.Namespace) -> int:
+    from percorso import clients
+    from percorso.topics import TopicConflictError, ensure_topics, percorso_topics
+
+    settings = _settings(args)
+    _require_broker(settings)
+    try:
+        report = ensure_topics(clients.admin(settings), percorso_topics(settings))
+    except TopicConflictError as exc:
+        print(f"percorso topics: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps({"created": report.created, "existing": report.existing}))
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from journeys.loader import validate_paths
+
+    problems, checked = validate_paths([Path(p) for p in args.paths])
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if problems:
+        print(f"{len(problems)} problem(s) in {checked} file(s)", file=sys.stderr)
+        return 1
+    print(f"ok: {checked} file(s) valid")
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from journeys.simulate import run_simulation
+
+    return run_simulation(Path(args.journeys), args.events, sys.stdout, sys.stderr,
+                          until=args.until, include=args.include)
+
+
+def cmd_not_built(args: argparse.Namespace) -> int:
+    print(f"percorso {args.command}: the streaming runtime (Faust worker) is not built yet in "
+          f"this version. What works today: `percorso validate`, `percorso simulate`, "
+          f"`percorso produce`, `percorso tail`, `percorso topics`.", file=sys.stderr)
+    return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="percorso", description="Kafka-native, real-time "
+                                     "customer-journey orchestration.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("produce", help="send touchpoints (JSON lines or synthetic) to the input "
+                                       "topic, Avro-encoded")
+    _common(p)
+    p.add_argument("--events", help="JSON-lines file of touchpoints ('-' for stdin)")
+    p.add_argument("--synthetic", action="store_true", help="generate multi-channel traffic")
+    p.add_argument("--customers", type=int, default=1000, help="synthetic: number of customers")
+    p.add_argument("--rate", type=float, help="events per second (default: as fast as possible "
+                                              "for files; 100 event-time events/s synthetic)")
+    p.add_argument("--count", type=int, help="synthetic: stop after this many events")
+    p.add_argument("--seed", type=int, default=7, help="synthetic: random seed")
+    p.add_argument("--start-ms", type=int, help="synthetic: event time of the first event "
+                                                "(default: now)")
+    p.add_argument("--topic", help="input topic (env PERCORSO_TOPIC_TOUCHPOINTS)")
+    p.add_argument("--ensure-topics", action="store_true", help="create Percorso's topics first")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_produce)
+
+    p = sub.add_parser("tail", help="decode a Percorso topic to JSON lines")
+    _common(p)
+    p.add_argument("topic")
+    p.add_argument("--from-end", action="store_true", help="only new messages")
+    p.add_argument("--max", type=int, help="stop after this many messages")
+    p.add_argument("--idle-timeout", type=float, help="stop after this many idle seconds")
+    p.add_argument("--with-meta", action="store_true", help="wrap values with topic, partition, "
+                                                             "offset, key and headers")
+    p.set_defaults(func=cmd_tail)
+
+    p = sub.add_parser("topics", help="create Percorso's topics (idempotent; reports conflicts)")
+    _common(p)
+    p.set_defaults(func=cmd_topics)
+
+    p = sub.add_parser("validate", help="check journey files")
+    p.add_argument("paths", nargs="+", help="journey files or folders")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("simulate", help="replay recorded touchpoints offline through the engine")
+    p.add_argument("--journeys", required=True, help="folder of journey files")
+    p.add_argument("--events", required=True, help="JSON-lines touchpoints ('-' for stdin)")
+    p.add_argument("--until", help="fire windows up to this event time at the end (ISO-8601 or "
+                                   "epoch ms; default: the last event time)")
+    p.add_argument("--include", default="actions,transitions",
+                   help="what to print: actions, transitions, suppressed (comma-separated)")
+    p.set_defaults(func=cmd_simulate)
+
+    for name, text in (("demo", "the embedded default: local broker, worker, synthetic traffic, "
+                                "live summary"),
+                       ("worker", "a Faust worker (scale out by starting more with the same app "
+                                  "id)")):
+        p = sub.add_parser(name, help=text)
+        _common(p)
+        p.set_defaults(func=cmd_not_built)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

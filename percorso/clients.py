@@ -37,8 +37,11 @@ class Codecs:
         return AvroCodec(self.registry, TRANSITION_SUBJECT)
 
     def for_subject(self, subject: str) -> AvroCodec:
-        return {TOUCHPOINT_SUBJECT: self.touchpoint, ACTION_SUBJECT: self.action,
-                TRANSITION_SUBJECT: self.transition}[subject]
+        return {
+            TOUCHPOINT_SUBJECT: self.touchpoint,
+            ACTION_SUBJECT: self.action,
+            TRANSITION_SUBJECT: self.transition,
+        }[subject]
 
 
 def producer(settings: Settings, **overrides: Any) -> Any:

@@ -74,14 +74,17 @@ class Settings:
             ssl_cafile=e.get("KAFKA_SSL_CAFILE") or None,
         )
         if security.protocol not in ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"):
-            raise ValueError(f"KAFKA_SECURITY_PROTOCOL={security.protocol!r}: expected one of "
-                             f"PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL")
+            raise ValueError(
+                f"KAFKA_SECURITY_PROTOCOL={security.protocol!r}: expected one of "
+                f"PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL"
+            )
         channels = e.get("PERCORSO_ACTION_CHANNELS")
         return replace(
             base,
             bootstrap_servers=e.get("KAFKA_BOOTSTRAP_SERVERS") or None,
             schema_registry_url=e.get("SCHEMA_REGISTRY_URL") or None,
-            journeys_dir=Path(e["PERCORSO_JOURNEYS"]) if e.get("PERCORSO_JOURNEYS")
+            journeys_dir=Path(e["PERCORSO_JOURNEYS"])
+            if e.get("PERCORSO_JOURNEYS")
             else base.journeys_dir,
             data_dir=Path(e.get("PERCORSO_DATA_DIR", str(base.data_dir))),
             web_port=int(e.get("PERCORSO_WEB_PORT", base.web_port)),
@@ -93,10 +96,10 @@ class Settings:
                 dlq=e.get("PERCORSO_TOPIC_DLQ", base.topics.dlq),
             ),
             partitions=int(e.get("PERCORSO_PARTITIONS", base.partitions)),
-            replication_factor=int(e.get("PERCORSO_REPLICATION_FACTOR",
-                                         base.replication_factor)),
+            replication_factor=int(e.get("PERCORSO_REPLICATION_FACTOR", base.replication_factor)),
             action_channels=tuple(c.strip() for c in channels.split(",") if c.strip())
-            if channels else base.action_channels,
+            if channels
+            else base.action_channels,
             security=security,
         )
 

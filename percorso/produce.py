@@ -29,8 +29,13 @@ class ProduceSummary:
     seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
-        return {"sent": self.sent, "delivered": self.delivered, "failed": self.failed,
-                "invalid": len(self.invalid), "seconds": round(self.seconds, 3)}
+        return {
+            "sent": self.sent,
+            "delivered": self.delivered,
+            "failed": self.failed,
+            "invalid": len(self.invalid),
+            "seconds": round(self.seconds, 3),
+        }
 
 
 def read_jsonl(stream: TextIO, errors: list[LineError]) -> Iterator[dict[str, Any]]:
@@ -68,8 +73,12 @@ class TouchpointSender:
         value = self.codec.encode(touchpoint)
         while True:
             try:
-                self.producer.produce(self.topic, key=touchpoint["customer_id"].encode(),
-                                      value=value, on_delivery=self._delivered)
+                self.producer.produce(
+                    self.topic,
+                    key=touchpoint["customer_id"].encode(),
+                    value=value,
+                    on_delivery=self._delivered,
+                )
                 break
             except BufferError:
                 self.producer.poll(0.05)
@@ -83,8 +92,13 @@ class TouchpointSender:
             self.first_error = self.first_error or f"{remaining} messages not delivered in time"
 
 
-def send_all(sender: TouchpointSender, events: Iterable[dict[str, Any]], rate: float | None = None,
-             progress: Any = None, total: int | None = None) -> ProduceSummary:
+def send_all(
+    sender: TouchpointSender,
+    events: Iterable[dict[str, Any]],
+    rate: float | None = None,
+    progress: Any = None,
+    total: int | None = None,
+) -> ProduceSummary:
     """Send events, paced at ``rate`` per second when given; update a rich progress if given."""
     started = time.monotonic()
     task = progress.add_task("producing", total=total) if progress is not None else None

@@ -10,8 +10,15 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-TOUCHPOINT_FIELDS = ("event_id", "customer_id", "channel", "type", "occurred_at", "attributes",
-                     "source")
+TOUCHPOINT_FIELDS = (
+    "event_id",
+    "customer_id",
+    "channel",
+    "type",
+    "occurred_at",
+    "attributes",
+    "source",
+)
 _REQUIRED_STRINGS = ("event_id", "customer_id", "channel", "type")
 
 # Event times before 2000-01-01 or after 2100-01-01 are taken for unit mistakes (seconds, µs).
@@ -42,17 +49,22 @@ def parse_time_ms(value: Any, field: str = "occurred_at") -> int:
             try:
                 parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
             except ValueError:
-                raise InvalidTouchpoint(field, f"not ISO-8601 or epoch milliseconds: {value!r}"
-                                        ) from None
+                raise InvalidTouchpoint(
+                    field, f"not ISO-8601 or epoch milliseconds: {value!r}"
+                ) from None
             if parsed.tzinfo is None:
                 parsed = parsed.replace(tzinfo=UTC)
             ms = (parsed - _EPOCH) // timedelta(milliseconds=1)  # exact, no float rounding
     else:
-        raise InvalidTouchpoint(field, f"expected epoch milliseconds or ISO-8601, got "
-                                       f"{type(value).__name__}")
+        raise InvalidTouchpoint(
+            field, f"expected epoch milliseconds or ISO-8601, got {type(value).__name__}"
+        )
     if not _MIN_MS <= ms < _MAX_MS:
-        raise InvalidTouchpoint(field, f"{value!r} is not a plausible epoch-milliseconds time "
-                                       f"(seconds or microseconds by mistake?)")
+        raise InvalidTouchpoint(
+            field,
+            f"{value!r} is not a plausible epoch-milliseconds time "
+            f"(seconds or microseconds by mistake?)",
+        )
     return ms
 
 
@@ -69,7 +81,8 @@ def validate_touchpoint(record: Mapping[str, Any]) -> dict[str, Any]:
         raise InvalidTouchpoint("occurred_at", f"{occurred} is not a plausible epoch-ms time")
     attributes = record.get("attributes") or {}
     if not isinstance(attributes, Mapping) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in attributes.items()):
+        isinstance(k, str) and isinstance(v, str) for k, v in attributes.items()
+    ):
         raise InvalidTouchpoint("attributes", "must map strings to strings")
     return {
         "event_id": record["event_id"],
@@ -88,8 +101,9 @@ def touchpoint_from_json(obj: Any) -> dict[str, Any]:
         raise InvalidTouchpoint("(line)", f"expected a JSON object, got {type(obj).__name__}")
     unknown = sorted(set(obj) - set(TOUCHPOINT_FIELDS))
     if unknown:
-        raise InvalidTouchpoint(unknown[0], f"unknown field (expected fields: "
-                                            f"{', '.join(TOUCHPOINT_FIELDS)})")
+        raise InvalidTouchpoint(
+            unknown[0], f"unknown field (expected fields: {', '.join(TOUCHPOINT_FIELDS)})"
+        )
     if "occurred_at" not in obj:
         raise InvalidTouchpoint("occurred_at", "required")
     record = dict(obj)
@@ -110,5 +124,8 @@ def touchpoint_from_json(obj: Any) -> dict[str, Any]:
 
 
 def iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z")
+    return (
+        datetime.fromtimestamp(ms / 1000, tz=UTC)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
+    )

@@ -15,8 +15,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-TIMEZONES = ("Europe/Rome", "Europe/London", "America/New_York", "America/Los_Angeles",
-             "Asia/Tokyo", "Australia/Sydney", "UTC")
+TIMEZONES = (
+    "Europe/Rome",
+    "Europe/London",
+    "America/New_York",
+    "America/Los_Angeles",
+    "Asia/Tokyo",
+    "Australia/Sydney",
+    "UTC",
+)
 TOPICS = ("billing", "delivery", "returns", "product_question", "account")
 SKUS = tuple(f"SKU-{n:04d}" for n in range(1, 61))
 
@@ -35,8 +42,9 @@ class Persona:
 
 
 class SyntheticTraffic:
-    def __init__(self, customers: int, seed: int = 7, start_ms: int = 1_767_225_600_000,
-                 rate: float = 100.0) -> None:
+    def __init__(
+        self, customers: int, seed: int = 7, start_ms: int = 1_767_225_600_000, rate: float = 100.0
+    ) -> None:
         if customers < 1:
             raise ValueError("customers must be at least 1")
         if rate <= 0:
@@ -66,17 +74,21 @@ class SyntheticTraffic:
         pick = r.random()
         if pick < 0.30:  # browsing
             topic = r.choice(TOPICS)
-            return [(p.digital, "page_view", {"page": f"/{topic}", "topic": topic, **tz})
-                    for _ in range(r.randint(1, 3))]
+            return [
+                (p.digital, "page_view", {"page": f"/{topic}", "topic": topic, **tz})
+                for _ in range(r.randint(1, 3))
+            ]
         if pick < 0.60:  # a cart: bought, abandoned, or bought after a reminder
             sku = r.choice(SKUS)
-            steps = [(p.digital, "page_view", {"page": f"/p/{sku}", "sku": sku, **tz}),
-                     (p.digital, "cart_add", {"sku": sku, "amount": str(r.randint(10, 400)),
-                                              **tz})]
+            steps = [
+                (p.digital, "page_view", {"page": f"/p/{sku}", "sku": sku, **tz}),
+                (p.digital, "cart_add", {"sku": sku, "amount": str(r.randint(10, 400)), **tz}),
+            ]
             if r.random() < p.buy_rate:
                 steps.append((p.digital, "checkout_started", {"sku": sku}))
-                steps.append((p.digital, "purchase", {"sku": sku, "order_id":
-                                                      f"o-{r.getrandbits(40):010x}"}))
+                steps.append(
+                    (p.digital, "purchase", {"sku": sku, "order_id": f"o-{r.getrandbits(40):010x}"})
+                )
                 p.purchases += 1
                 if p.purchases == 1 and r.random() < 0.6:
                     steps.append(("app", r.choice(("app_login", "product_activated")), tz))
@@ -87,13 +99,17 @@ class SyntheticTraffic:
             kind = "chat_started" if first == "chat" else "page_view"
             steps = [(first, kind, {"topic": topic, "page": f"/help/{topic}", **tz})]
             if r.random() < p.call_rate * 2:
-                steps.append(("call_center", "call_started", {"topic": topic,
-                                                              "ivr_path": f"menu/{topic}"}))
+                steps.append(
+                    ("call_center", "call_started", {"topic": topic, "ivr_path": f"menu/{topic}"})
+                )
             return steps
         if pick < 0.82:  # marketing engagement
             channel = r.choice(("email", "push", "sms"))
-            kind = {"email": r.choice(("email_opened", "email_clicked")),
-                    "push": "push_opened", "sms": "sms_clicked"}[channel]
+            kind = {
+                "email": r.choice(("email_opened", "email_clicked")),
+                "push": "push_opened",
+                "sms": "sms_clicked",
+            }[channel]
             return [(channel, kind, {"campaign": f"cmp-{r.randint(1, 9)}"})]
         if pick < 0.82 + p.survey_rate * 0.5:  # survey answer
             score = r.choices(range(11), weights=(2, 1, 1, 1, 2, 2, 3, 5, 8, 9, 8))[0]

@@ -25,13 +25,16 @@ def subject_for(settings: Settings, topic: str) -> str | None:
         return TRANSITION_SUBJECT
     if topic.startswith(t.actions_prefix):
         return ACTION_SUBJECT
-    raise ValueError(f"{topic!r} is not a Percorso topic (input {t.touchpoints}, actions "
-                     f"{t.actions_prefix}<channel>, {t.transitions}, {t.dlq})")
+    raise ValueError(
+        f"{topic!r} is not a Percorso topic (input {t.touchpoints}, actions "
+        f"{t.actions_prefix}<channel>, {t.transitions}, {t.dlq})"
+    )
 
 
 def decode_message(msg: Any, codec: AvroCodec | None, with_meta: bool) -> dict[str, Any]:
-    headers = {k: (v.decode(errors="replace") if v is not None else None)
-               for k, v in (msg.headers() or [])}
+    headers = {
+        k: (v.decode(errors="replace") if v is not None else None) for k, v in (msg.headers() or [])
+    }
     key = msg.key().decode(errors="replace") if msg.key() is not None else None
     value: Any
     if codec is None:
@@ -44,28 +47,47 @@ def decode_message(msg: Any, codec: AvroCodec | None, with_meta: bool) -> dict[s
             value = {"undecodable": str(exc)}
     if not with_meta and codec is not None:
         return value  # type: ignore[no-any-return]
-    return {"topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset(),
-            "key": key, "headers": headers, "value": value}
+    return {
+        "topic": msg.topic(),
+        "partition": msg.partition(),
+        "offset": msg.offset(),
+        "key": key,
+        "headers": headers,
+        "value": value,
+    }
 
 
-def tail(settings: Settings, topic: str, codecs: Codecs, from_beginning: bool = True,
-         max_messages: int | None = None, idle_timeout: float | None = None,
-         with_meta: bool = False) -> Iterator[dict[str, Any]]:
+def tail(
+    settings: Settings,
+    topic: str,
+    codecs: Codecs,
+    from_beginning: bool = True,
+    max_messages: int | None = None,
+    idle_timeout: float | None = None,
+    with_meta: bool = False,
+) -> Iterator[dict[str, Any]]:
     """Yield decoded messages. Reads every partition by assignment (no consumer group), so it
     neither commits offsets nor waits for a group rebalance."""
     from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, TopicPartition
 
     subject = subject_for(settings, topic)
     codec = codecs.for_subject(subject) if subject else None
-    consumer = Consumer({**settings.kafka_config(), "group.id": "percorso-tail",
-                         "enable.auto.commit": False, "enable.partition.eof": False})
+    consumer = Consumer(
+        {
+            **settings.kafka_config(),
+            "group.id": "percorso-tail",
+            "enable.auto.commit": False,
+            "enable.partition.eof": False,
+        }
+    )
     try:
         metadata = consumer.list_topics(topic, timeout=10)
         if topic not in metadata.topics or metadata.topics[topic].error is not None:
             raise ValueError(f"topic {topic!r} does not exist")
         start = OFFSET_BEGINNING if from_beginning else OFFSET_END
-        consumer.assign([TopicPartition(topic, p, start)
-                         for p in sorted(metadata.topics[topic].partitions)])
+        consumer.assign(
+            [TopicPartition(topic, p, start) for p in sorted(metadata.topics[topic].partitions)]
+        )
         seen = 0
         last = time.monotonic()
         while max_messages is None or seen < max_messages:

@@ -44,16 +44,51 @@ def percorso_topics(settings: Settings, channels: Iterable[str] | None = None) -
     delete = {"cleanup.policy": "delete"}
     retained = {**delete, "retention.ms": str(WEEK_MS)}
     specs = [
-        TopicSpec(t.touchpoints, "input", "customer_id", TOUCHPOINT_SUBJECT, settings.partitions,
-                  rf, retained, {}, fixed_partitions=True),
-        TopicSpec(t.transitions, "transitions", "customer_id", TRANSITION_SUBJECT,
-                  settings.partitions, rf, retained, delete),
-        TopicSpec(t.dlq, "dlq", "original key", None, 1, rf,
-                  {**delete, "retention.ms": str(4 * WEEK_MS)}, delete),
+        TopicSpec(
+            t.touchpoints,
+            "input",
+            "customer_id",
+            TOUCHPOINT_SUBJECT,
+            settings.partitions,
+            rf,
+            retained,
+            {},
+            fixed_partitions=True,
+        ),
+        TopicSpec(
+            t.transitions,
+            "transitions",
+            "customer_id",
+            TRANSITION_SUBJECT,
+            settings.partitions,
+            rf,
+            retained,
+            delete,
+        ),
+        TopicSpec(
+            t.dlq,
+            "dlq",
+            "original key",
+            None,
+            1,
+            rf,
+            {**delete, "retention.ms": str(4 * WEEK_MS)},
+            delete,
+        ),
     ]
     for channel in sorted(set(channels or settings.action_channels)):
-        specs.append(TopicSpec(t.actions(channel), "actions", "customer_id", ACTION_SUBJECT,
-                               settings.partitions, rf, retained, delete))
+        specs.append(
+            TopicSpec(
+                t.actions(channel),
+                "actions",
+                "customer_id",
+                ACTION_SUBJECT,
+                settings.partitions,
+                rf,
+                retained,
+                delete,
+            )
+        )
     return specs
 
 
@@ -62,8 +97,9 @@ class TopicConflictError(Exception):
 
     def __init__(self, conflicts: list[str]) -> None:
         self.conflicts = conflicts
-        super().__init__("existing topics conflict with Percorso's declaration:\n  "
-                         + "\n  ".join(conflicts))
+        super().__init__(
+            "existing topics conflict with Percorso's declaration:\n  " + "\n  ".join(conflicts)
+        )
 
 
 @dataclass(frozen=True)
@@ -85,9 +121,18 @@ def ensure_topics(admin: Any, specs: list[TopicSpec], timeout: float = 30.0) -> 
     created: list[str] = []
     if missing:
         futures = admin.create_topics(
-            [NewTopic(s.name, num_partitions=s.partitions, replication_factor=s.replication_factor,
-                      config=dict(s.config)) for s in missing],
-            operation_timeout=timeout, request_timeout=timeout)
+            [
+                NewTopic(
+                    s.name,
+                    num_partitions=s.partitions,
+                    replication_factor=s.replication_factor,
+                    config=dict(s.config),
+                )
+                for s in missing
+            ],
+            operation_timeout=timeout,
+            request_timeout=timeout,
+        )
         for name, future in futures.items():
             try:
                 future.result()
@@ -105,9 +150,11 @@ def ensure_topics(admin: Any, specs: list[TopicSpec], timeout: float = 30.0) -> 
             conflicts.append(f"{spec.name}: missing after creation")
             continue
         if spec.fixed_partitions and len(topic.partitions) != spec.partitions:
-            conflicts.append(f"{spec.name}: has {len(topic.partitions)} partitions, expected "
-                             f"{spec.partitions} (set PERCORSO_PARTITIONS={len(topic.partitions)} "
-                             f"or recreate the topic)")
+            conflicts.append(
+                f"{spec.name}: has {len(topic.partitions)} partitions, expected "
+                f"{spec.partitions} (set PERCORSO_PARTITIONS={len(topic.partitions)} "
+                f"or recreate the topic)"
+            )
     to_describe = [s for s in existing if s.required and s.name in metadata.topics]
     if to_describe:
         resources = [ConfigResource(ConfigResource.Type.TOPIC, s.name) for s in to_describe]

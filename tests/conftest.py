@@ -31,8 +31,9 @@ def unique() -> Callable[[str], str]:
 
 
 @pytest.fixture
-def settings_factory(broker: Broker, unique: Callable[[str], str], tmp_path: Path
-                     ) -> Callable[..., Settings]:
+def settings_factory(
+    broker: Broker, unique: Callable[[str], str], tmp_path: Path
+) -> Callable[..., Settings]:
     """Settings against the session broker with topic names unique to this test."""
 
     def make(**overrides: object) -> Settings:

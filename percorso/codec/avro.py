@@ -54,22 +54,26 @@ class AvroCodec:
             fastavro.schemaless_writer(buf, self.reader_schema, record)
         except Exception as exc:  # fastavro raises ValueError, TypeError, struct.error, ...
             raise SerializationError(
-                f"cannot encode {self.subject}: {type(exc).__name__}: {exc}") from exc
+                f"cannot encode {self.subject}: {type(exc).__name__}: {exc}"
+            ) from exc
         return buf.getvalue()
 
     def decode(self, data: bytes | None) -> dict[str, Any]:
         if data is None:
-            raise SerializationError(f"cannot decode {self.subject}: the value is null "
-                                     f"(a tombstone?)")
+            raise SerializationError(
+                f"cannot decode {self.subject}: the value is null (a tombstone?)"
+            )
         if len(data) < _HEADER.size:
             raise SerializationError(
                 f"cannot decode {self.subject}: truncated payload of {len(data)} bytes; "
-                f"Confluent framing needs at least {_HEADER.size}")
+                f"Confluent framing needs at least {_HEADER.size}"
+            )
         magic, schema_id = _HEADER.unpack_from(data)
         if magic != MAGIC_BYTE:
             raise SerializationError(
                 f"cannot decode {self.subject}: wrong magic byte 0x{data[0]:02x} (expected 0x00); "
-                f"the payload is not Confluent-framed Avro")
+                f"the payload is not Confluent-framed Avro"
+            )
         writer = self._writer(schema_id)
         buf = io.BytesIO(data)
         buf.seek(_HEADER.size)
@@ -79,11 +83,13 @@ class AvroCodec:
         except Exception as exc:  # EOFError, SchemaResolutionError, UnicodeDecodeError, ...
             raise SerializationError(
                 f"cannot decode {self.subject} with writer schema id {schema_id}: "
-                f"{type(exc).__name__}: {exc or 'payload ended early (truncated)'}") from exc
+                f"{type(exc).__name__}: {exc or 'payload ended early (truncated)'}"
+            ) from exc
         if buf.tell() != len(data):
             raise SerializationError(
                 f"cannot decode {self.subject} with writer schema id {schema_id}: "
-                f"{len(data) - buf.tell()} bytes left over after the record")
+                f"{len(data) - buf.tell()} bytes left over after the record"
+            )
         if not isinstance(record, dict):
             raise SerializationError(f"cannot decode {self.subject}: not a record")
         return record

@@ -64,8 +64,9 @@ class _Checker:
             return schema
         return self._register(kind, table, namespace)
 
-    def check(self, reader: Schema, writer: Schema, path: str, rns: str | None, wns: str | None
-              ) -> list[str]:
+    def check(
+        self, reader: Schema, writer: Schema, path: str, rns: str | None, wns: str | None
+    ) -> list[str]:
         reader = self._register(reader, self.named_reader, rns)
         writer = self._register(writer, self.named_writer, wns)
         rt, wt = _type_name(reader), _type_name(writer)
@@ -79,8 +80,10 @@ class _Checker:
             for branch in reader:
                 if not self.check(branch, writer, path, rns, wns):
                     return []
-            return [f"{path}: writer type {self._describe(writer)} matches no branch of the "
-                    f"reader union"]
+            return [
+                f"{path}: writer type {self._describe(writer)} matches no branch of the "
+                f"reader union"
+            ]
         if wt in _PROMOTIONS:
             if rt in _PROMOTIONS and rt in _PROMOTIONS[wt]:
                 return []
@@ -99,23 +102,37 @@ class _Checker:
             problems = self._names_match(reader, writer, path, rns, wns)
             missing = [s for s in writer["symbols"] if s not in reader["symbols"]]
             if missing and "default" not in reader:
-                problems.append(f"{path}: enum symbols {missing} written by the writer are "
-                                f"missing in the reader, which has no default symbol")
+                problems.append(
+                    f"{path}: enum symbols {missing} written by the writer are "
+                    f"missing in the reader, which has no default symbol"
+                )
             return problems
         if wt in ("record", "error"):
             return self._check_record(reader, writer, path, rns, wns)
         return [f"{path}: unsupported schema type {wt}"]
 
-    def _names_match(self, reader: dict[str, Any], writer: dict[str, Any], path: str,
-                     rns: str | None, wns: str | None) -> list[str]:
+    def _names_match(
+        self,
+        reader: dict[str, Any],
+        writer: dict[str, Any],
+        path: str,
+        rns: str | None,
+        wns: str | None,
+    ) -> list[str]:
         rname, wname = _full_name(reader, rns), _full_name(writer, wns)
         aliases = set(reader.get("aliases", []))
         if rname.split(".")[-1] == wname.split(".")[-1] or rname == wname or wname in aliases:
             return []
         return [f"{path}: reader name {rname} does not match writer name {wname}"]
 
-    def _check_record(self, reader: dict[str, Any], writer: dict[str, Any], path: str,
-                      rns: str | None, wns: str | None) -> list[str]:
+    def _check_record(
+        self,
+        reader: dict[str, Any],
+        writer: dict[str, Any],
+        path: str,
+        rns: str | None,
+        wns: str | None,
+    ) -> list[str]:
         rname, wname = _full_name(reader, rns), _full_name(writer, wns)
         if (rname, wname) in self.seen:
             return []
@@ -130,8 +147,10 @@ class _Checker:
             fpath = f"{path}.{rf['name']}"
             if wf is None:
                 if "default" not in rf:
-                    problems.append(f"{fpath}: field added without a default (data written by "
-                                    f"the older version cannot be read)")
+                    problems.append(
+                        f"{fpath}: field added without a default (data written by "
+                        f"the older version cannot be read)"
+                    )
                 continue
             problems += self.check(rf["type"], wf["type"], fpath, rns2, wns2)
         return problems
@@ -154,6 +173,7 @@ def backward_transitive_problems(versions: list[Schema]) -> list[str]:
     newest = versions[-1]
     problems: list[str] = []
     for number, older in enumerate(versions[:-1], start=1):
-        problems += [f"v{len(versions)} cannot read v{number}: {p}"
-                     for p in reader_problems(newest, older)]
+        problems += [
+            f"v{len(versions)} cannot read v{number}: {p}" for p in reader_problems(newest, older)
+        ]
     return problems

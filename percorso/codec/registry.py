@@ -58,8 +58,10 @@ class LocalSchemaRegistry:
                     schema = json.load(f)
                 sv = SchemaVersion(subject, entry["version"], entry["id"], schema, entry["file"])
                 if sv.schema_id in self._by_id:
-                    raise ValueError(f"registry.json: schema id {sv.schema_id} used twice "
-                                     f"({self._by_id[sv.schema_id].file} and {sv.file})")
+                    raise ValueError(
+                        f"registry.json: schema id {sv.schema_id} used twice "
+                        f"({self._by_id[sv.schema_id].file} and {sv.file})"
+                    )
                 self._by_id[sv.schema_id] = sv
                 loaded.append(sv)
             self._subjects[subject] = loaded
@@ -71,8 +73,9 @@ class LocalSchemaRegistry:
         try:
             return self._subjects[subject]
         except KeyError:
-            raise SerializationError(f"no schema subject {subject!r} in "
-                                     f"{self.folder / 'registry.json'}") from None
+            raise SerializationError(
+                f"no schema subject {subject!r} in {self.folder / 'registry.json'}"
+            ) from None
 
     def latest(self, subject: str) -> SchemaVersion:
         return self.versions(subject)[-1]
@@ -84,7 +87,8 @@ class LocalSchemaRegistry:
             raise SchemaNotFoundError(
                 f"unknown schema id {schema_id}: not in the local registry "
                 f"({self.folder / 'registry.json'}); was it written with a Schema Registry? "
-                f"Set SCHEMA_REGISTRY_URL") from None
+                f"Set SCHEMA_REGISTRY_URL"
+            ) from None
 
     def check_compatibility(self) -> dict[str, list[str]]:
         """Problems per subject under BACKWARD_TRANSITIVE (empty dict: all compatible)."""
@@ -99,8 +103,12 @@ class LocalSchemaRegistry:
 class ConfluentSchemaRegistry:
     """A Confluent-compatible Schema Registry, with the repository's versions registered in order."""
 
-    def __init__(self, url: str, local: LocalSchemaRegistry | None = None,
-                 client_config: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        local: LocalSchemaRegistry | None = None,
+        client_config: dict[str, Any] | None = None,
+    ) -> None:
         from confluent_kafka.schema_registry import SchemaRegistryClient
 
         self.local = local or LocalSchemaRegistry()
@@ -122,13 +130,15 @@ class ConfluentSchemaRegistry:
         registered: SchemaVersion | None = None
         for sv in self.local.versions(subject):
             try:
-                schema_id = self.client.register_schema(subject, SRSchema(json.dumps(sv.schema),
-                                                                          "AVRO"))
+                schema_id = self.client.register_schema(
+                    subject, SRSchema(json.dumps(sv.schema), "AVRO")
+                )
             except SchemaRegistryError as exc:
                 if exc.http_status_code == 409:
                     raise IncompatibleSchemaError(
                         f"Schema Registry refused {sv.file} for subject {subject}: "
-                        f"{exc.error_message}") from exc
+                        f"{exc.error_message}"
+                    ) from exc
                 raise SerializationError(f"Schema Registry error for {subject}: {exc}") from exc
             self._by_id[schema_id] = sv.schema
             registered = SchemaVersion(subject, sv.version, schema_id, sv.schema, sv.file)
@@ -144,8 +154,9 @@ class ConfluentSchemaRegistry:
         try:
             fetched = self.client.get_schema(schema_id)
         except SchemaRegistryError as exc:
-            raise SchemaNotFoundError(f"unknown schema id {schema_id}: {exc.error_message}"
-                                      ) from exc
+            raise SchemaNotFoundError(
+                f"unknown schema id {schema_id}: {exc.error_message}"
+            ) from exc
         schema: Schema = json.loads(fetched.schema_str)
         with self._lock:
             self._by_id[schema_id] = schema

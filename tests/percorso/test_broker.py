@@ -15,8 +15,11 @@ from percorso.broker import (
 def test_environment_broker_wins(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "kafka-1:9092,kafka-2:9092")
     with kafka_broker() as b:
-        assert (b.bootstrap_servers, b.kind, b.profile) == ("kafka-1:9092,kafka-2:9092",
-                                                             "external", PRODUCTION_PROFILE)
+        assert (b.bootstrap_servers, b.kind, b.profile) == (
+            "kafka-1:9092,kafka-2:9092",
+            "external",
+            PRODUCTION_PROFILE,
+        )
 
 
 def test_production_profile_keeps_production_defaults() -> None:

@@ -54,14 +54,19 @@ def _with(schema: dict, mutate) -> dict:  # type: ignore[no-untyped-def]
 
 
 def test_adding_an_optional_field_is_compatible() -> None:
-    v2 = _with(TOUCHPOINT, lambda s: s["fields"].append(
-        {"name": "device", "type": ["null", "string"], "default": None, "doc": "d"}))
+    v2 = _with(
+        TOUCHPOINT,
+        lambda s: s["fields"].append(
+            {"name": "device", "type": ["null", "string"], "default": None, "doc": "d"}
+        ),
+    )
     assert backward_transitive_problems([TOUCHPOINT, v2]) == []
 
 
 def test_adding_a_required_field_is_rejected() -> None:
-    v2 = _with(TOUCHPOINT, lambda s: s["fields"].append(
-        {"name": "device", "type": "string", "doc": "d"}))
+    v2 = _with(
+        TOUCHPOINT, lambda s: s["fields"].append({"name": "device", "type": "string", "doc": "d"})
+    )
     problems = backward_transitive_problems([TOUCHPOINT, v2])
     assert problems and "Touchpoint.device: field added without a default" in problems[0]
 
@@ -91,25 +96,43 @@ def test_type_promotion_and_unions() -> None:
 def test_transitive_means_against_every_earlier_version() -> None:
     """v2 drops a field (fine for v2 reading v1), v3 re-adds it without default: v3 still reads
     v2 data? No - v2 data lacks it. The check must compare v3 with v1 and v2."""
-    v2 = _with(TOUCHPOINT, lambda s: s.__setitem__(
-        "fields", [f for f in s["fields"] if f["name"] != "source"]))
-    v3 = _with(TOUCHPOINT, lambda s: next(
-        f for f in s["fields"] if f["name"] == "source").pop("default"))
+    v2 = _with(
+        TOUCHPOINT,
+        lambda s: s.__setitem__("fields", [f for f in s["fields"] if f["name"] != "source"]),
+    )
+    v3 = _with(
+        TOUCHPOINT, lambda s: next(f for f in s["fields"] if f["name"] == "source").pop("default")
+    )
     problems = backward_transitive_problems([TOUCHPOINT, v2, v3])
     assert any(p.startswith("v3 cannot read v2") for p in problems)
 
 
-@pytest.mark.parametrize("file", ["touchpoint.v1.avsc", "action.v1.avsc",
-                                  "stage_transition.v1.avsc"])
+@pytest.mark.parametrize(
+    "file", ["touchpoint.v1.avsc", "action.v1.avsc", "stage_transition.v1.avsc"]
+)
 def test_registry_refuses_an_incompatible_new_version(tmp_path, file: str) -> None:  # type: ignore[no-untyped-def]
     """A deliberately incompatible v2 (a new required field) in a copy of the registry fails."""
     schema = json.loads((schemas_dir() / file).read_text())
-    broken = _with(schema, lambda s: s["fields"].append(
-        {"name": "must_exist", "type": "string", "doc": "breaks old data"}))
+    broken = _with(
+        schema,
+        lambda s: s["fields"].append(
+            {"name": "must_exist", "type": "string", "doc": "breaks old data"}
+        ),
+    )
     (tmp_path / "v1.avsc").write_text(json.dumps(schema))
     (tmp_path / "v2.avsc").write_text(json.dumps(broken))
-    (tmp_path / "registry.json").write_text(json.dumps({"subjects": {"s": [
-        {"version": 1, "id": 1, "file": "v1.avsc"}, {"version": 2, "id": 2, "file": "v2.avsc"}]}}))
+    (tmp_path / "registry.json").write_text(
+        json.dumps(
+            {
+                "subjects": {
+                    "s": [
+                        {"version": 1, "id": 1, "file": "v1.avsc"},
+                        {"version": 2, "id": 2, "file": "v2.avsc"},
+                    ]
+                }
+            }
+        )
+    )
     found = LocalSchemaRegistry(tmp_path).check_compatibility()
     assert list(found) == ["s"]
     assert "must_exist" in found["s"][0]

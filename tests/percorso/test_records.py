@@ -6,8 +6,13 @@ from hypothesis import strategies as st
 
 from percorso.records import InvalidTouchpoint, iso, parse_time_ms, touchpoint_from_json
 
-BASE = {"event_id": "e1", "customer_id": "c1", "channel": "web", "type": "page_view",
-        "occurred_at": "2026-01-01T10:00:00Z"}
+BASE = {
+    "event_id": "e1",
+    "customer_id": "c1",
+    "channel": "web",
+    "type": "page_view",
+    "occurred_at": "2026-01-01T10:00:00Z",
+}
 
 
 def test_iso_and_epoch_ms_are_the_same_instant() -> None:
@@ -23,15 +28,18 @@ def test_attributes_scalars_become_strings() -> None:
     assert tp["attributes"] == {"score": "9", "vip": "true", "x": "y"}
 
 
-@pytest.mark.parametrize(("change", "field"), [
-    ({"customerId": "c1"}, "customerId"),
-    ({"customer_id": ""}, "customer_id"),
-    ({"event_id": None}, "event_id"),
-    ({"occurred_at": "yesterday"}, "occurred_at"),
-    ({"occurred_at": 1767261600}, "occurred_at"),  # seconds, not ms
-    ({"attributes": {"nested": {"a": 1}}}, "attributes.nested"),
-    ({"attributes": ["a"]}, "attributes"),
-])
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"customerId": "c1"}, "customerId"),
+        ({"customer_id": ""}, "customer_id"),
+        ({"event_id": None}, "event_id"),
+        ({"occurred_at": "yesterday"}, "occurred_at"),
+        ({"occurred_at": 1767261600}, "occurred_at"),  # seconds, not ms
+        ({"attributes": {"nested": {"a": 1}}}, "attributes.nested"),
+        ({"attributes": ["a"]}, "attributes"),
+    ],
+)
 def test_invalid_touchpoints_name_the_field(change: dict, field: str) -> None:
     with pytest.raises(InvalidTouchpoint) as info:
         touchpoint_from_json({**BASE, **change})

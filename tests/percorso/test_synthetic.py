@@ -17,8 +17,17 @@ def test_traffic_is_valid_multichannel_and_time_ordered() -> None:
         validate_touchpoint(e)
     types = Counter(e["type"] for e in events)
     channels = Counter(e["channel"] for e in events)
-    for needed in ("page_view", "cart_add", "checkout_started", "purchase", "call_started",
-                   "survey_response", "app_login", "consent_withdrawn", "email_opened"):
+    for needed in (
+        "page_view",
+        "cart_add",
+        "checkout_started",
+        "purchase",
+        "call_started",
+        "survey_response",
+        "app_login",
+        "consent_withdrawn",
+        "email_opened",
+    ):
         assert types[needed] > 0, needed
     assert {"web", "app", "email", "call_center", "chat"} <= set(channels)
     times = [e["occurred_at"] for e in events]

@@ -12,9 +12,12 @@ from percorso.topics import TopicConflictError, ensure_topics, percorso_topics
 
 def test_declaration_covers_the_contract() -> None:
     specs = {s.name: s for s in percorso_topics(Settings())}
-    assert set(specs) == {"touchpoints", "percorso.transitions", "percorso.touchpoints.dlq",
-                          *(f"percorso.actions.{c}" for c in
-                            ("email", "sms", "push", "agent", "web", "app"))}
+    assert set(specs) == {
+        "touchpoints",
+        "percorso.transitions",
+        "percorso.touchpoints.dlq",
+        *(f"percorso.actions.{c}" for c in ("email", "sms", "push", "agent", "web", "app")),
+    }
     assert specs["touchpoints"].value_subject == "io.percorso.Touchpoint"
     assert specs["percorso.touchpoints.dlq"].value_subject is None
     assert specs["percorso.actions.sms"].value_subject == "io.percorso.Action"
@@ -32,27 +35,37 @@ def test_create_is_idempotent(settings_factory: Callable[..., Settings]) -> None
     md = admin.list_topics(timeout=10)
     assert len(md.topics[settings.topics.touchpoints].partitions) == settings.partitions
     config = admin.describe_configs(
-        [ConfigResource(ConfigResource.Type.TOPIC, settings.topics.touchpoints)])
+        [ConfigResource(ConfigResource.Type.TOPIC, settings.topics.touchpoints)]
+    )
     values = {k: v.value for k, v in next(iter(config.values())).result().items()}
     assert values["cleanup.policy"] == "delete"
     assert values["retention.ms"] == str(7 * 24 * 3600 * 1000)
 
 
-def test_conflicting_existing_topics_are_reported(settings_factory: Callable[..., Settings]
-                                                  ) -> None:
+def test_conflicting_existing_topics_are_reported(
+    settings_factory: Callable[..., Settings],
+) -> None:
     settings = settings_factory()
     admin = clients.admin(settings)
-    futures = admin.create_topics([
-        NewTopic(settings.topics.touchpoints, num_partitions=2, replication_factor=1),
-        NewTopic(settings.topics.transitions, num_partitions=4, replication_factor=1,
-                 config={"cleanup.policy": "compact"}),
-    ])
+    futures = admin.create_topics(
+        [
+            NewTopic(settings.topics.touchpoints, num_partitions=2, replication_factor=1),
+            NewTopic(
+                settings.topics.transitions,
+                num_partitions=4,
+                replication_factor=1,
+                config={"cleanup.policy": "compact"},
+            ),
+        ]
+    )
     for f in futures.values():
         f.result()
     with pytest.raises(TopicConflictError) as info:
         ensure_topics(admin, percorso_topics(settings))
     text = str(info.value)
     assert f"{settings.topics.touchpoints}: has 2 partitions, expected 4" in text
-    assert f"{settings.topics.transitions}: cleanup.policy=compact, expected " \
-           f"cleanup.policy=delete" in text
+    assert (
+        f"{settings.topics.transitions}: cleanup.policy=compact, expected "
+        f"cleanup.policy=delete" in text
+    )
     assert len(info.value.conflicts) == 2

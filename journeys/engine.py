@@ -1,0 +1,858 @@
+"""The journey engine: one pure step per input.
+
+``Engine(catalog).advance(state, input, now)`` takes a customer's state and either a touchpoint
+or a ``Tick`` (the clock reached ``at``) and returns the new state with the stage transitions,
+actions and suppressed decisions it caused, and the next instant something is due. No Kafka, no
+I/O, no wall clock: ``now`` is only stamped on actions as ``created_at``. The Faust agents and
+``percorso simulate`` call this same function.
+
+Time rules (all in event time, epoch milliseconds):
+- A touchpoint first fires whatever of this customer was due strictly before its ``occurred_at``
+  (a window "up to T" accepts an awaited touchpoint at exactly T), then is applied.
+- ``Tick(at)`` fires everything due at or before ``at``, in deadline order, chains included, so
+  one tick catches up after any gap. A repeated or stale tick finds nothing due: it is a no-op.
+- A touchpoint older than the customer's latest event time minus the allowed lateness is *late*:
+  it changes nothing and is reported (outcome ``late``) so the runtime can dead-letter it.
+- A touchpoint whose ``event_id`` is among the customer's last ``remember_events`` is a
+  duplicate: it changes nothing (outcome ``duplicate``).
+
+``advance`` mutates and returns the state it is given (the runtime decodes a fresh one per step).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from functools import lru_cache
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from journeys.conditions import matches
+from journeys.model import (
+    EXIT_STAGES,
+    ActionSpec,
+    Catalog,
+    Journey,
+    Outcome,
+    Stage,
+    Window,
+)
+from journeys.state import (
+    CustomerState,
+    JourneyState,
+    PendingAction,
+    RecentTouchpoint,
+    WindowState,
+    new_customer,
+)
+
+StepOutcome = Literal["processed", "duplicate", "late", "tick"]
+SuppressionReason = Literal[
+    "holdout", "experiment", "suppression", "consent", "cap", "arbitration", "expired"
+]
+
+ACTION_ID_NAMESPACE = uuid.UUID("9b7c2d4e-5f60-4a1b-8c3d-7e9f0a1b2c3d")
+HOLDOUT = "holdout"
+MAX_WINDOWS_PER_JOURNEY = 16
+MAX_CONTEXT_ATTRIBUTES = 16
+MAX_ATTRIBUTE_CHARS = 256
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_TEMPLATE = re.compile(r"\$\{([a-z_]+(?:\.[A-Za-z0-9_\-]+)?)\}")
+
+
+@dataclass(frozen=True)
+class Tick:
+    """The clock reached ``at``: fire what is due."""
+
+    at: int
+
+
+@dataclass(frozen=True)
+class Suppressed:
+    journey_id: str
+    action: str
+    reason: SuppressionReason
+    trigger: str
+
+
+@dataclass
+class Step:
+    state: CustomerState
+    outcome: StepOutcome
+    transitions: list[dict[str, Any]] = field(default_factory=list)
+    actions: list[dict[str, Any]] = field(default_factory=list)
+    suppressed: list[Suppressed] = field(default_factory=list)
+    deferred: int = 0
+    windows_armed: int = 0
+    windows_fired: int = 0
+    windows_cancelled: int = 0
+    next_due: int | None = None
+
+
+@dataclass
+class _Candidate:
+    journey: Journey
+    rule: str
+    spec: ActionSpec
+    trigger: str
+    trigger_kind: str
+    attributes: Mapping[str, str]
+
+
+@lru_cache(maxsize=1024)
+def _zone(name: str) -> ZoneInfo | None:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return None
+
+
+def _ms(dt: datetime) -> int:
+    return (dt - _EPOCH) // timedelta(milliseconds=1)
+
+
+def action_id(journey_id: str, rule: str, trigger: str) -> str:
+    """Same journey, rule and trigger: same id, on every run and every worker."""
+    return str(uuid.uuid5(ACTION_ID_NAMESPACE, f"{journey_id}|{rule}|{trigger}"))
+
+
+def assign_variant(journey: Journey, customer_id: str) -> str | None:
+    """Deterministic hash split: ``holdout``, a variant name, or None without an experiment."""
+    exp = journey.experiment
+    if exp is None:
+        return None
+    digest = hashlib.sha256(f"{exp.id}:{customer_id}".encode()).digest()
+    u = int.from_bytes(digest[:8], "big") / 2**64
+    if u < exp.holdout:
+        return HOLDOUT
+    u = (u - exp.holdout) / (1 - exp.holdout)
+    total = sum(w for _, w in exp.variants)
+    cumulative = 0.0
+    for name, weight in exp.variants:
+        cumulative += weight / total
+        if u < cumulative:
+            return name
+    return exp.variants[-1][0]
+
+
+class Engine:
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+        self.policies = catalog.policies
+        self.journeys = catalog.journeys
+        self._by_id = {j.id: j for j in catalog.journeys}
+        self._windows = {j.id: {w.id: w for w in j.windows} for j in catalog.journeys}
+        self._chained = {
+            j.id: {w.id: [c for c in j.windows if c.after == w.id] for w in j.windows}
+            for j in catalog.journeys
+        }
+        self._longest_cap = max((c.per_ms for c in self.policies.frequency_caps), default=0)
+
+    # -- public -----------------------------------------------------------------------------
+
+    def new_state(self, customer_id: str) -> CustomerState:
+        return new_customer(customer_id)
+
+    def advance(
+        self, state: CustomerState | None, item: Mapping[str, Any] | Tick, now: int
+    ) -> Step:
+        if isinstance(item, Tick):
+            if state is None:
+                raise ValueError("a tick needs the state of a known customer")
+            step = Step(state, "tick")
+            self._fire_due(step, item.at, now)
+        else:
+            step = self._touchpoint(state, item, now)
+        step.next_due = self.next_due(step.state)
+        return step
+
+    def next_due(self, state: CustomerState) -> int | None:
+        dues = [p["due"] for p in state["pending"]]
+        for jid, js in state["journeys"].items():
+            if not js["active"]:
+                continue
+            dues += [w["deadline"] for w in js["windows"]]
+            journey = self._by_id.get(jid)
+            if journey is not None and journey.inactivity_ms is not None:
+                dues.append(js["last_activity"] + journey.inactivity_ms)
+        return min(dues) if dues else None
+
+    # -- touchpoints ------------------------------------------------------------------------
+
+    def _touchpoint(self, state: CustomerState | None, tp: Mapping[str, Any], now: int) -> Step:
+        if state is None:
+            state = new_customer(tp["customer_id"])
+        step = Step(state, "processed")
+        event_id = tp["event_id"]
+        if event_id in state["seen"]:
+            step.outcome = "duplicate"
+            return step
+        t = tp["occurred_at"]
+        if state["seen"] and t < state["watermark"] - self.policies.allowed_lateness_ms:
+            step.outcome = "late"
+            return step
+        self._fire_due(step, t - 1, now)
+        self._observe(state, tp)
+        candidates: list[_Candidate] = []
+        for journey in self.journeys:
+            self._journey_touchpoint(step, journey, tp, candidates)
+        self._decide(step, candidates, t, now)
+        return step
+
+    def _observe(self, state: CustomerState, tp: Mapping[str, Any]) -> None:
+        """Customer-level facts: de-duplication, context, time zone, engagement, consent,
+        suppressions."""
+        p = self.policies
+        seen = state["seen"]
+        seen.append(tp["event_id"])
+        if len(seen) > p.remember_events:
+            del seen[: len(seen) - p.remember_events]
+        t = tp["occurred_at"]
+        state["watermark"] = max(state["watermark"], t)
+        attributes: Mapping[str, str] = tp["attributes"]
+        if p.recent_touchpoints:
+            kept = {
+                k: attributes[k][:MAX_ATTRIBUTE_CHARS]
+                for k in sorted(attributes)[:MAX_CONTEXT_ATTRIBUTES]
+            }
+            state["recent"].insert(
+                0,
+                RecentTouchpoint(
+                    event_id=tp["event_id"],
+                    channel=tp["channel"],
+                    type=tp["type"],
+                    occurred_at=t,
+                    attributes=kept,
+                ),
+            )
+            del state["recent"][p.recent_touchpoints :]
+        tz = attributes.get("timezone")
+        if tz and _zone(tz) is not None:
+            state["timezone"] = tz
+        channel = tp["channel"]
+        state["engagement"][channel] = state["engagement"].get(channel, 0) + 1
+        if matches(p.consent_withdraw, tp):
+            target = attributes.get(p.consent_channel_attribute) or channel
+            if target not in state["opted_out"]:
+                state["opted_out"].append(target)
+                state["opted_out"].sort()
+        elif matches(p.consent_grant, tp):
+            target = attributes.get(p.consent_channel_attribute) or channel
+            state["opted_out"] = (
+                [] if target == "all" else [c for c in state["opted_out"] if c != target]
+            )
+        for s in p.suppressions:
+            if s.id in state["suppressions"] and matches(s.end, tp):
+                del state["suppressions"][s.id]
+            if matches(s.start, tp):
+                state["suppressions"][s.id] = t
+
+    def _journey_touchpoint(
+        self, step: Step, journey: Journey, tp: Mapping[str, Any], candidates: list[_Candidate]
+    ) -> None:
+        state = step.state
+        js = state["journeys"].get(journey.id)
+        t = tp["occurred_at"]
+        entered = False
+        if js is None or not js["active"]:
+            if not matches(journey.entry, tp) or not self._may_enter(journey, js, t):
+                return
+            js = self._enter(step, journey, js, tp)
+            entered = True
+        channel = tp["channel"]
+        js["touchpoints"] += 1
+        if js["last_channel"] is not None and js["last_channel"] != channel:
+            js["channel_switches"] += 1
+        js["last_channel"] = channel
+        js["last_activity"] = max(js["last_activity"], t)
+        satisfaction = _satisfaction(tp)
+        if satisfaction is not None:
+            js["satisfaction"] = satisfaction
+
+        windows = self._windows[journey.id]
+        for w in list(js["windows"]):
+            definition = windows[w["window"]]
+            if (
+                t <= w["deadline"]
+                and matches(definition.wait_for, tp)
+                and all(tp["attributes"].get(k) == v for k, v in w["correlation"].items())
+            ):
+                js["windows"].remove(w)
+                step.windows_cancelled += 1
+                self._outcome(
+                    step,
+                    journey,
+                    js,
+                    definition.on_match,
+                    f"window:{w['window']}:match",
+                    w,
+                    t,
+                    candidates,
+                )
+
+        if not entered:
+            target = self._next_stage(journey, js["stage"], tp)
+            if target is not None:
+                self._move(step, journey, js, target.id, t, tp["event_id"], "event")
+
+        for rule in journey.actions:
+            if matches(rule.when, tp) and (not rule.in_stages or js["stage"] in rule.in_stages):
+                candidates.append(
+                    _Candidate(
+                        journey,
+                        f"action:{rule.id}",
+                        rule.action,
+                        tp["event_id"],
+                        "event",
+                        tp["attributes"],
+                    )
+                )
+
+        for definition in journey.windows:
+            if definition.start is not None and matches(definition.start, tp):
+                self._arm_from_event(step, journey, js, definition, tp)
+
+        if not entered:
+            if journey.goal is not None and matches(journey.goal, tp):
+                self._exit(step, journey, js, "goal", t, tp["event_id"])
+            elif any(matches(c, tp) for c in journey.exit_on):
+                self._exit(step, journey, js, "exit", t, tp["event_id"])
+
+    def _may_enter(self, journey: Journey, js: JourneyState | None, t: int) -> bool:
+        if js is None:
+            return True
+        if journey.reentry == "always":
+            return True
+        if journey.reentry == "after":
+            exited = js["exited_at"]
+            return exited is not None and t >= exited + (journey.reentry_after_ms or 0)
+        return False
+
+    def _enter(
+        self, step: Step, journey: Journey, previous: JourneyState | None, tp: Mapping[str, Any]
+    ) -> JourneyState:
+        t = tp["occurred_at"]
+        first = next(
+            (
+                s
+                for s in journey.stages
+                if s.when is not None and not s.allowed_from and matches(s.when, tp)
+            ),
+            journey.stages[0],
+        )
+        js = JourneyState(
+            instance=(previous["instance"] if previous else 0) + 1,
+            active=True,
+            stage=None,
+            stage_since=t,
+            entered_at=t,
+            last_activity=t,
+            exited_at=previous["exited_at"] if previous else None,
+            touchpoints=0,
+            channel_switches=0,
+            last_channel=None,
+            satisfaction=None,
+            windows=[],
+        )
+        step.state["journeys"][journey.id] = js
+        self._move(step, journey, js, first.id, t, tp["event_id"], "event")
+        return js
+
+    @staticmethod
+    def _next_stage(journey: Journey, current: str | None, tp: Mapping[str, Any]) -> Stage | None:
+        for s in journey.stages:
+            if (
+                s.id != current
+                and s.when is not None
+                and (not s.allowed_from or current in s.allowed_from)
+                and matches(s.when, tp)
+            ):
+                return s
+        return None
+
+    # -- windows ----------------------------------------------------------------------------
+
+    def _arm_from_event(
+        self,
+        step: Step,
+        journey: Journey,
+        js: JourneyState,
+        definition: Window,
+        tp: Mapping[str, Any],
+    ) -> None:
+        attributes: Mapping[str, str] = tp["attributes"]
+        if any(k not in attributes for k in definition.correlate):
+            return  # nothing to correlate on: this touchpoint cannot arm a correlated window
+        correlation = {k: attributes[k] for k in definition.correlate}
+        kept = {
+            k: attributes[k][:MAX_ATTRIBUTE_CHARS]
+            for k in sorted(attributes)[:MAX_CONTEXT_ATTRIBUTES]
+        }
+        self._arm(
+            step, journey, js, definition, tp["occurred_at"], tp["event_id"], correlation, kept
+        )
+
+    def _arm(
+        self,
+        step: Step,
+        journey: Journey,
+        js: JourneyState,
+        definition: Window,
+        start: int,
+        origin_event: str,
+        correlation: dict[str, str],
+        attributes: dict[str, str],
+    ) -> None:
+        suffix = "|".join(correlation[k] for k in sorted(correlation))
+        key = f"{definition.id}:{suffix}" if correlation else definition.id
+        windows = [w for w in js["windows"] if w["key"] != key]
+        windows.append(
+            WindowState(
+                key=key,
+                window=definition.id,
+                instance_id=f"{journey.id}/{key}/{origin_event}",
+                origin_event=origin_event,
+                armed_at=start,
+                deadline=start + definition.within_ms,
+                correlation=correlation,
+                attributes=attributes,
+            )
+        )
+        if len(windows) > MAX_WINDOWS_PER_JOURNEY:
+            windows.sort(key=lambda w: (w["armed_at"], w["key"]))
+            del windows[0]
+            step.windows_cancelled += 1
+        windows.sort(key=lambda w: w["key"])
+        js["windows"] = windows
+        step.windows_armed += 1
+
+    def _fire_due(self, step: Step, until: int, now: int) -> None:
+        """Fire everything due at or before ``until``, earliest first, chains included."""
+        state = step.state
+        while True:
+            due = self._earliest_due(state, until)
+            if due is None:
+                return
+            at, kind, journey_id, key = due
+            if kind == 0:
+                self._release(step, key, at, now)
+                continue
+            journey = self._by_id[journey_id]
+            js = state["journeys"][journey_id]
+            if kind == 1:
+                w = next(x for x in js["windows"] if x["key"] == key)
+                js["windows"].remove(w)
+                step.windows_fired += 1
+                definition = self._windows[journey_id][w["window"]]
+                candidates: list[_Candidate] = []
+                self._outcome(
+                    step,
+                    journey,
+                    js,
+                    definition.on_timeout,
+                    f"window:{w['window']}:timeout",
+                    w,
+                    at,
+                    candidates,
+                )
+                for child in self._chained[journey_id][definition.id]:
+                    if js["active"]:
+                        self._arm(
+                            step,
+                            journey,
+                            js,
+                            child,
+                            at,
+                            w["origin_event"],
+                            dict(w["correlation"]),
+                            dict(w["attributes"]),
+                        )
+                self._decide(step, candidates, at, now)
+            else:
+                self._exit(
+                    step,
+                    journey,
+                    js,
+                    "inactivity",
+                    at,
+                    f"{journey_id}/inactivity/{js['instance']}@{js['last_activity']}",
+                )
+
+    def _earliest_due(self, state: CustomerState, until: int) -> tuple[int, int, str, str] | None:
+        best: tuple[int, int, str, str] | None = None
+        for p in state["pending"]:
+            item = (p["due"], 0, p["journey_id"], p["action_id"])
+            if p["due"] <= until and (best is None or item < best):
+                best = item
+        for jid, js in state["journeys"].items():
+            if not js["active"]:
+                continue
+            for w in js["windows"]:
+                item = (w["deadline"], 1, jid, w["key"])
+                if w["deadline"] <= until and (best is None or item < best):
+                    best = item
+            journey = self._by_id.get(jid)
+            if journey is not None and journey.inactivity_ms is not None:
+                deadline = js["last_activity"] + journey.inactivity_ms
+                item = (deadline, 2, jid, "")
+                if deadline <= until and (best is None or item < best):
+                    best = item
+        return best
+
+    def _outcome(
+        self,
+        step: Step,
+        journey: Journey,
+        js: JourneyState,
+        outcome: Outcome,
+        rule: str,
+        w: WindowState,
+        at: int,
+        candidates: list[_Candidate],
+    ) -> None:
+        if outcome.goto is not None and outcome.goto != js["stage"]:
+            self._move(step, journey, js, outcome.goto, at, w["instance_id"], "window")
+        if outcome.action is not None:
+            candidates.append(
+                _Candidate(
+                    journey, rule, outcome.action, w["instance_id"], "window", w["attributes"]
+                )
+            )
+
+    # -- transitions ------------------------------------------------------------------------
+
+    def _move(
+        self,
+        step: Step,
+        journey: Journey,
+        js: JourneyState,
+        to_stage: str,
+        at: int,
+        cause: str,
+        reason: str,
+        score: float | None = None,
+    ) -> None:
+        previous = js["stage"]
+        step.transitions.append(
+            {
+                "customer_id": step.state["customer_id"],
+                "journey_id": journey.id,
+                "from_stage": previous,
+                "to_stage": to_stage,
+                "at": at,
+                "cause": cause,
+                "reason": reason,
+                "time_in_stage_ms": at - js["stage_since"] if previous is not None else None,
+                "instance": js["instance"],
+                "score": score,
+                "touchpoints": js["touchpoints"],
+                "channel_switches": js["channel_switches"],
+            }
+        )
+        js["stage"] = to_stage
+        js["stage_since"] = at
+
+    def _exit(
+        self, step: Step, journey: Journey, js: JourneyState, reason: str, at: int, cause: str
+    ) -> None:
+        score = journey_score(journey, js, completed=reason == "goal")
+        self._move(step, journey, js, EXIT_STAGES[reason], at, cause, reason, score)
+        step.windows_cancelled += len(js["windows"])
+        js["windows"] = []
+        js["active"] = False
+        js["stage"] = None
+        js["exited_at"] = at
+
+    # -- decisions: policies ----------------------------------------------------------------
+
+    def _decide(self, step: Step, candidates: list[_Candidate], at: int, now: int) -> None:
+        """Apply experiments, suppressions, arbitration, consent, caps, channel choice and quiet
+        hours to the actions one input caused, decided at event time ``at``."""
+        if not candidates:
+            return
+        state = step.state
+        self._prune_sent(state, at)
+        survivors: list[tuple[_Candidate, str | None]] = []
+        for c in candidates:
+            variant = assign_variant(c.journey, state["customer_id"])
+            if variant == HOLDOUT:
+                self._suppress(step, c, "holdout")
+            elif c.spec.variants and variant not in c.spec.variants:
+                self._suppress(step, c, "experiment")
+            elif self._suppressed_by_policy(state, c.spec.category, at):
+                self._suppress(step, c, "suppression")
+            else:
+                survivors.append((c, variant))
+        survivors.sort(key=lambda cv: (-cv[0].spec.priority, cv[0].journey.id, cv[0].rule))
+        marketing = 0
+        for c, variant in survivors:
+            category = c.spec.category
+            if category == "marketing" and marketing >= self.policies.marketing_actions_per_step:
+                self._suppress(step, c, "arbitration")
+                continue
+            channel, reason = self._choose_channel(state, c.spec, at)
+            if channel is None:
+                self._suppress(step, c, reason)
+                continue
+            if category == "marketing":
+                marketing += 1
+            js = state["journeys"].get(c.journey.id)
+            stage = js["stage"] if js is not None else None
+            expires_at = at + c.spec.expires_after_ms if c.spec.expires_after_ms else None
+            aid = action_id(c.journey.id, c.rule, c.trigger)
+            parameters = _render(c.spec.parameters, c.attributes, stage, c.journey.id, variant)
+            release = self._quiet_until(state, channel, category, at)
+            if release is not None:
+                if expires_at is not None and release > expires_at:
+                    self._suppress(step, c, "expired")
+                    continue
+                state["pending"].append(
+                    PendingAction(
+                        due=release,
+                        decided_at=at,
+                        action_id=aid,
+                        journey_id=c.journey.id,
+                        action=c.spec.name,
+                        channel=channel,
+                        priority=c.spec.priority,
+                        trigger=c.trigger,
+                        trigger_kind=c.trigger_kind,
+                        parameters=parameters,
+                        category=category,
+                        variant=variant,
+                        expires_at=expires_at,
+                    )
+                )
+                state["pending"].sort(key=lambda p: (p["due"], p["action_id"]))
+                if category != "transactional":
+                    state["sent"].append({"at": release, "channel": channel})
+                step.deferred += 1
+                continue
+            if category != "transactional":
+                state["sent"].append({"at": at, "channel": channel})
+            step.actions.append(
+                self._action(
+                    state,
+                    aid,
+                    c.journey.id,
+                    c.spec.name,
+                    channel,
+                    c.spec.priority,
+                    now,
+                    c.trigger,
+                    c.trigger_kind,
+                    stage,
+                    parameters,
+                    expires_at,
+                    category,
+                    variant,
+                    None,
+                )
+            )
+
+    def _release(self, step: Step, pending_id: str, at: int, now: int) -> None:
+        """A quiet-hours deferral ends: consent and suppressions are checked again (they may
+        have changed); the cap was reserved when the action was deferred."""
+        state = step.state
+        p = next(x for x in state["pending"] if x["action_id"] == pending_id)
+        state["pending"].remove(p)
+        reason: SuppressionReason | None = None
+        if p["category"] != "transactional" and not self._consented(state, p["channel"]):
+            reason = "consent"
+        elif self._suppressed_by_policy(state, p["category"], at):
+            reason = "suppression"
+        if reason is not None:
+            step.suppressed.append(Suppressed(p["journey_id"], p["action"], reason, p["trigger"]))
+            return
+        js = state["journeys"].get(p["journey_id"])
+        stage = js["stage"] if js is not None else None
+        step.actions.append(
+            self._action(
+                state,
+                p["action_id"],
+                p["journey_id"],
+                p["action"],
+                p["channel"],
+                p["priority"],
+                now,
+                p["trigger"],
+                p["trigger_kind"],
+                stage,
+                p["parameters"],
+                p["expires_at"],
+                p["category"],
+                p["variant"],
+                at,
+            )
+        )
+
+    def _action(
+        self,
+        state: CustomerState,
+        aid: str,
+        journey_id: str,
+        name: str,
+        channel: str,
+        priority: int,
+        now: int,
+        trigger: str,
+        trigger_kind: str,
+        stage: str | None,
+        parameters: dict[str, str],
+        expires_at: int | None,
+        category: str,
+        variant: str | None,
+        not_before: int | None,
+    ) -> dict[str, Any]:
+        return {
+            "action_id": aid,
+            "customer_id": state["customer_id"],
+            "journey_id": journey_id,
+            "action": name,
+            "channel": channel,
+            "priority": priority,
+            "created_at": now,
+            "trigger": trigger,
+            "trigger_kind": trigger_kind,
+            "stage": stage,
+            "parameters": parameters,
+            "context": self.context(state),
+            "expires_at": expires_at,
+            "category": category,
+            "variant": variant,
+            "not_before": not_before,
+        }
+
+    def context(self, state: CustomerState) -> dict[str, Any]:
+        """What the next channel needs: current stages and recent touchpoints, bounded."""
+        return {
+            "stages": {
+                jid: js["stage"]
+                for jid, js in sorted(state["journeys"].items())
+                if js["active"] and js["stage"] is not None
+            },
+            "recent": [dict(r) for r in state["recent"]],
+        }
+
+    @staticmethod
+    def _suppress(step: Step, c: _Candidate, reason: SuppressionReason) -> None:
+        step.suppressed.append(Suppressed(c.journey.id, c.spec.name, reason, c.trigger))
+
+    def _suppressed_by_policy(self, state: CustomerState, category: str, at: int) -> bool:
+        for s in self.policies.suppressions:
+            since = state["suppressions"].get(s.id)
+            if since is None or category not in s.categories:
+                continue
+            if s.max_duration_ms is None or at < since + s.max_duration_ms:
+                return True
+        return False
+
+    @staticmethod
+    def _consented(state: CustomerState, channel: str) -> bool:
+        opted_out = state["opted_out"]
+        return not opted_out or ("all" not in opted_out and channel not in opted_out)
+
+    def _choose_channel(
+        self, state: CustomerState, spec: ActionSpec, at: int
+    ) -> tuple[str | None, SuppressionReason]:
+        """The allowed channel the customer engages with most (ties: the listed order)."""
+        exempt = spec.category == "transactional"
+        allowed = [c for c in spec.channels if exempt or self._consented(state, c)]
+        if not allowed:
+            return None, "consent"
+        if not exempt:
+            allowed = [c for c in allowed if self._under_caps(state, c, at)]
+            if not allowed:
+                return None, "cap"
+        engagement = state["engagement"]
+        best = max(allowed, key=lambda c: (engagement.get(c, 0), -spec.channels.index(c)))
+        return best, "cap"
+
+    def _under_caps(self, state: CustomerState, channel: str, at: int) -> bool:
+        for cap in self.policies.frequency_caps:
+            if cap.channel not in (channel, "any"):
+                continue
+            since = at - cap.per_ms
+            used = sum(
+                1
+                for s in state["sent"]
+                if s["at"] > since and (cap.channel == "any" or s["channel"] == channel)
+            )
+            if used >= cap.max:
+                return False
+        return True
+
+    def _prune_sent(self, state: CustomerState, at: int) -> None:
+        horizon = at - self._longest_cap
+        if state["sent"] and state["sent"][0]["at"] <= horizon:
+            state["sent"] = [s for s in state["sent"] if s["at"] > horizon]
+
+    def _quiet_until(
+        self, state: CustomerState, channel: str, category: str, at: int
+    ) -> int | None:
+        """End of the quiet hours ``at`` falls in, in the customer's time zone; None if not
+        quiet (or the channel/category is not subject to quiet hours)."""
+        quiet = self.policies.quiet_hours
+        if quiet is None or category == "transactional" or channel not in quiet.channels:
+            return None
+        zone = _zone(state["timezone"] or quiet.default_timezone) or _zone("UTC")
+        local = datetime.fromtimestamp(at / 1000, tz=UTC).astimezone(zone)
+        minute = local.hour * 60 + local.minute
+        start, end = quiet.start_minute, quiet.end_minute
+        inside = start <= minute < end if start < end else (minute >= start or minute < end)
+        if not inside:
+            return None
+        release = local.replace(hour=end // 60, minute=end % 60, second=0, microsecond=0)
+        if release <= local:
+            release = (release.replace(tzinfo=None) + timedelta(days=1)).replace(tzinfo=zone)
+        return _ms(release.astimezone(UTC))
+
+
+def _satisfaction(tp: Mapping[str, Any]) -> float | None:
+    """NPS (0-10) or CSAT (1-5) of a survey response, normalised to [0, 1]."""
+    if tp["type"] != "survey_response":
+        return None
+    attributes = tp["attributes"]
+    try:
+        score = float(attributes.get("score", ""))
+    except ValueError:
+        return None
+    if attributes.get("survey", "nps").lower() == "csat":
+        return min(1.0, max(0.0, (score - 1) / 4))
+    return min(1.0, max(0.0, score / 10))
+
+
+def journey_score(journey: Journey, js: JourneyState, completed: bool) -> float:
+    """Weighted mean of completion, satisfaction (when known) and low effort, in [0, 1]."""
+    w = journey.score
+    effort = 1 - min(1.0, (js["touchpoints"] + js["channel_switches"]) / w.effort_budget)
+    parts = [(w.completion, 1.0 if completed else 0.0), (w.effort, effort)]
+    if js["satisfaction"] is not None:
+        parts.append((w.satisfaction, js["satisfaction"]))
+    total = sum(weight for weight, _ in parts)
+    if total == 0:
+        return 0.0
+    return round(sum(weight * value for weight, value in parts) / total, 4)
+
+
+def _render(
+    parameters: tuple[tuple[str, str], ...],
+    attributes: Mapping[str, str],
+    stage: str | None,
+    journey_id: str,
+    variant: str | None,
+) -> dict[str, str]:
+    """``${attributes.NAME}``, ``${stage}``, ``${journey}``, ``${variant}``; unknown: empty."""
+    values = {"stage": stage or "", "journey": journey_id, "variant": variant or ""}
+
+    def one(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name.startswith("attributes."):
+            return attributes.get(name.split(".", 1)[1], "")
+        return values.get(name, "")
+
+    return {k: _TEMPLATE.sub(one, v) if "${" in v else v for k, v in parameters}

@@ -3,8 +3,9 @@
 ``Engine(catalog).advance(state, input, now)`` takes a customer's state and either a touchpoint
 or a ``Tick`` (the clock reached ``at``) and returns the new state with the stage transitions,
 actions and suppressed decisions it caused, and the next instant something is due. No Kafka, no
-I/O, no wall clock: ``now`` is only stamped on actions as ``created_at``. The Faust agents and
-``percorso simulate`` call this same function.
+I/O, no wall clock: ``now`` (the runtime's wall clock) is only stamped on actions as
+``created_at``; without it (offline replay) ``created_at`` is the event time of the decision.
+The Faust agents and ``percorso simulate`` call this same function.
 
 Time rules (all in event time, epoch milliseconds):
 - A touchpoint first fires whatever of this customer was due strictly before its ``occurred_at``
@@ -158,7 +159,7 @@ class Engine:
         return new_customer(customer_id)
 
     def advance(
-        self, state: CustomerState | None, item: Mapping[str, Any] | Tick, now: int
+        self, state: CustomerState | None, item: Mapping[str, Any] | Tick, now: int | None = None
     ) -> Step:
         if isinstance(item, Tick):
             if state is None:
@@ -183,7 +184,9 @@ class Engine:
 
     # -- touchpoints ------------------------------------------------------------------------
 
-    def _touchpoint(self, state: CustomerState | None, tp: Mapping[str, Any], now: int) -> Step:
+    def _touchpoint(
+        self, state: CustomerState | None, tp: Mapping[str, Any], now: int | None
+    ) -> Step:
         if state is None:
             state = new_customer(tp["customer_id"])
         step = Step(state, "processed")
@@ -430,7 +433,7 @@ class Engine:
         js["windows"] = windows
         step.windows_armed += 1
 
-    def _fire_due(self, step: Step, until: int, now: int) -> None:
+    def _fire_due(self, step: Step, until: int, now: int | None) -> None:
         """Fire everything due at or before ``until``, earliest first, chains included."""
         state = step.state
         while True:
@@ -569,7 +572,7 @@ class Engine:
 
     # -- decisions: policies ----------------------------------------------------------------
 
-    def _decide(self, step: Step, candidates: list[_Candidate], at: int, now: int) -> None:
+    def _decide(self, step: Step, candidates: list[_Candidate], at: int, now: int | None) -> None:
         """Apply experiments, suppressions, arbitration, consent, caps, channel choice and quiet
         hours to the actions one input caused, decided at event time ``at``."""
         if not candidates:
@@ -602,59 +605,37 @@ class Engine:
                 marketing += 1
             js = state["journeys"].get(c.journey.id)
             stage = js["stage"] if js is not None else None
-            expires_at = at + c.spec.expires_after_ms if c.spec.expires_after_ms else None
-            aid = action_id(c.journey.id, c.rule, c.trigger)
-            parameters = _render(c.spec.parameters, c.attributes, stage, c.journey.id, variant)
+            decision = PendingAction(
+                due=at,
+                decided_at=at,
+                action_id=action_id(c.journey.id, c.rule, c.trigger),
+                journey_id=c.journey.id,
+                action=c.spec.name,
+                channel=channel,
+                priority=c.spec.priority,
+                trigger=c.trigger,
+                trigger_kind=c.trigger_kind,
+                parameters=_render(c.spec.parameters, c.attributes, stage, c.journey.id, variant),
+                category=category,
+                variant=variant,
+                expires_at=at + c.spec.expires_after_ms if c.spec.expires_after_ms else None,
+            )
             release = self._quiet_until(state, channel, category, at)
             if release is not None:
+                expires_at = decision["expires_at"]
                 if expires_at is not None and release > expires_at:
                     self._suppress(step, c, "expired")
                     continue
-                state["pending"].append(
-                    PendingAction(
-                        due=release,
-                        decided_at=at,
-                        action_id=aid,
-                        journey_id=c.journey.id,
-                        action=c.spec.name,
-                        channel=channel,
-                        priority=c.spec.priority,
-                        trigger=c.trigger,
-                        trigger_kind=c.trigger_kind,
-                        parameters=parameters,
-                        category=category,
-                        variant=variant,
-                        expires_at=expires_at,
-                    )
-                )
+                decision["due"] = release
+                state["pending"].append(decision)
                 state["pending"].sort(key=lambda p: (p["due"], p["action_id"]))
-                if category != "transactional":
-                    state["sent"].append({"at": release, "channel": channel})
                 step.deferred += 1
-                continue
-            if category != "transactional":
-                state["sent"].append({"at": at, "channel": channel})
-            step.actions.append(
-                self._action(
-                    state,
-                    aid,
-                    c.journey.id,
-                    c.spec.name,
-                    channel,
-                    c.spec.priority,
-                    now,
-                    c.trigger,
-                    c.trigger_kind,
-                    stage,
-                    parameters,
-                    expires_at,
-                    category,
-                    variant,
-                    None,
-                )
-            )
+            else:
+                self._emit(step, decision, now, not_before=None)
+            if category != "transactional":  # a deferred action reserves its cap slot
+                state["sent"].append({"at": decision["due"], "channel": channel})
 
-    def _release(self, step: Step, pending_id: str, at: int, now: int) -> None:
+    def _release(self, step: Step, pending_id: str, at: int, now: int | None) -> None:
         """A quiet-hours deferral ends: consent and suppressions are checked again (they may
         have changed); the cap was reserved when the action was deferred."""
         state = step.state
@@ -668,64 +649,31 @@ class Engine:
         if reason is not None:
             step.suppressed.append(Suppressed(p["journey_id"], p["action"], reason, p["trigger"]))
             return
-        js = state["journeys"].get(p["journey_id"])
-        stage = js["stage"] if js is not None else None
-        step.actions.append(
-            self._action(
-                state,
-                p["action_id"],
-                p["journey_id"],
-                p["action"],
-                p["channel"],
-                p["priority"],
-                now,
-                p["trigger"],
-                p["trigger_kind"],
-                stage,
-                p["parameters"],
-                p["expires_at"],
-                p["category"],
-                p["variant"],
-                at,
-            )
-        )
+        self._emit(step, p, now, not_before=at)
 
-    def _action(
-        self,
-        state: CustomerState,
-        aid: str,
-        journey_id: str,
-        name: str,
-        channel: str,
-        priority: int,
-        now: int,
-        trigger: str,
-        trigger_kind: str,
-        stage: str | None,
-        parameters: dict[str, str],
-        expires_at: int | None,
-        category: str,
-        variant: str | None,
-        not_before: int | None,
-    ) -> dict[str, Any]:
-        return {
-            "action_id": aid,
-            "customer_id": state["customer_id"],
-            "journey_id": journey_id,
-            "action": name,
-            "channel": channel,
-            "priority": priority,
-            "created_at": now,
-            "trigger": trigger,
-            "trigger_kind": trigger_kind,
-            "stage": stage,
-            "parameters": parameters,
-            "context": self.context(state),
-            "expires_at": expires_at,
-            "category": category,
-            "variant": variant,
-            "not_before": not_before,
-        }
+    def _emit(self, step: Step, d: PendingAction, now: int | None, not_before: int | None) -> None:
+        state = step.state
+        js = state["journeys"].get(d["journey_id"])
+        step.actions.append(
+            {
+                "action_id": d["action_id"],
+                "customer_id": state["customer_id"],
+                "journey_id": d["journey_id"],
+                "action": d["action"],
+                "channel": d["channel"],
+                "priority": d["priority"],
+                "created_at": now if now is not None else d["due"],
+                "trigger": d["trigger"],
+                "trigger_kind": d["trigger_kind"],
+                "stage": js["stage"] if js is not None else None,
+                "parameters": d["parameters"],
+                "context": self.context(state),
+                "expires_at": d["expires_at"],
+                "category": d["category"],
+                "variant": d["variant"],
+                "not_before": not_before,
+            }
+        )
 
     def context(self, state: CustomerState) -> dict[str, Any]:
         """What the next channel needs: current stages and recent touchpoints, bounded."""

@@ -31,6 +31,7 @@ from journeys.model import (
     Policies,
     Predicate,
     QuietHours,
+    Reentry,
     ScoreWeights,
     Stage,
     Suppression,
@@ -113,6 +114,7 @@ class _Source:
             return result
         if isinstance(node, yaml.SequenceNode):
             return [self._build(item, (*path, i)) for i, item in enumerate(node.value)]
+        assert isinstance(node, yaml.ScalarNode)
         return _scalar(node)
 
     def line(self, path: Iterable[str | int]) -> int:
@@ -245,11 +247,12 @@ class _JourneyBuilder:
         entry = d["entry"]
         reentry_raw = entry.get("reentry", "never")
         reentry_after = None
+        reentry: Reentry
         if isinstance(reentry_raw, dict):
             reentry = "after"
             reentry_after = self.duration(("entry", "reentry", "after"), reentry_raw["after"])
         else:
-            reentry = reentry_raw
+            reentry = reentry_raw if reentry_raw in ("never", "always") else "never"
         exit_ = d.get("exit") or {}
         stages = tuple(
             Stage(

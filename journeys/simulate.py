@@ -28,7 +28,7 @@ def replay(
     for tp in touchpoints:
         customer = tp["customer_id"]
         t = tp["occurred_at"]
-        step = engine.advance(states.get(customer), tp, now=t)
+        step = engine.advance(states.get(customer), tp)
         states[customer] = step.state
         if step.outcome == "processed":
             latest = t if latest is None else max(latest, t)
@@ -37,7 +37,7 @@ def replay(
     if end is None:
         return
     for customer in sorted(states):
-        step = engine.advance(states[customer], Tick(end), now=end)
+        step = engine.advance(states[customer], Tick(end))
         yield step
 
 

@@ -62,7 +62,8 @@ def producer(settings: Settings, **overrides: Any) -> Any:
 def admin(settings: Settings) -> Any:
     from confluent_kafka.admin import AdminClient
 
-    return AdminClient({**settings.kafka_config(), "logger": log})
+    conf: dict[str, Any] = {**settings.kafka_config(), "logger": log}
+    return AdminClient(conf)
 
 
 def consumer(settings: Settings, **overrides: Any) -> Any:

@@ -46,7 +46,7 @@ def decode_message(msg: Any, codec: AvroCodec | None, with_meta: bool) -> dict[s
         except SerializationError as exc:
             value = {"undecodable": str(exc)}
     if not with_meta and codec is not None:
-        return value  # type: ignore[no-any-return]
+        return value
     return {
         "topic": msg.topic(),
         "partition": msg.partition(),

@@ -24,4 +24,5 @@ __all__ = [
     "backward_transitive_problems",
     "reader_problems",
     "registry_from_env",
+    "schema_id_of",
 ]

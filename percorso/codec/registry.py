@@ -101,7 +101,7 @@ class LocalSchemaRegistry:
 
 
 class ConfluentSchemaRegistry:
-    """A Confluent-compatible Schema Registry, with the repository's versions registered in order."""
+    """A Confluent-compatible Schema Registry; the repository's versions are registered in order."""
 
     def __init__(
         self,
@@ -157,7 +157,7 @@ class ConfluentSchemaRegistry:
             raise SchemaNotFoundError(
                 f"unknown schema id {schema_id}: {exc.error_message}"
             ) from exc
-        schema: Schema = json.loads(fetched.schema_str)
+        schema: Schema = json.loads(fetched.schema_str or "null")
         with self._lock:
             self._by_id[schema_id] = schema
         return schema

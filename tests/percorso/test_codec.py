@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import json
 import struct
 from pathlib import Path
@@ -155,14 +156,12 @@ def test_malformed_payloads_raise_one_typed_error(payload: bytes | None, fragmen
 
 @given(st.binary(max_size=64))
 def test_garbage_never_escapes_as_another_exception(data: bytes) -> None:
-    try:
+    with contextlib.suppress(SerializationError):
         TP.decode(data)
-    except SerializationError:
-        pass
 
 
 def test_encode_errors_are_typed() -> None:
-    with pytest.raises(SerializationError, match="cannot encode io.percorso.Touchpoint"):
+    with pytest.raises(SerializationError, match=r"cannot encode io\.percorso\.Touchpoint"):
         TP.encode({"event_id": "e1"})
     with pytest.raises(SerializationError):
         TP.encode(

@@ -309,7 +309,7 @@ class _JourneyBuilder:
             windows=tuple(windows),
             actions=actions,
             goal=_condition(exit_["goal"]) if "goal" in exit_ else None,
-            exit_on=tuple(_condition(c) for c in exit_.get("on", ())),
+            exit_on=tuple(_condition(c) for c in exit_.get("events", ())),
             inactivity_ms=self.duration(("exit", "inactivity"), exit_["inactivity"])
             if "inactivity" in exit_
             else None,

@@ -42,12 +42,24 @@ class Customer:
         self.clock += timedelta(**delta)
         return self
 
-    def does(self, type_: str, channel: str = "web", event_id: str | None = None,
-             **attributes: str) -> Step:
+    def does(
+        self,
+        type_: str,
+        channel: str = "web",
+        event_id: str | None = None,
+        attrs: dict[str, str] | None = None,
+        **attributes: str,
+    ) -> Step:
+        """A touchpoint now; attributes as keywords, or ``attrs`` for names like channel."""
         tp: dict[str, Any] = {
             "event_id": event_id or f"{self.customer_id}-e{next(_ids)}",
-            "customer_id": self.customer_id, "channel": channel, "type": type_,
-            "occurred_at": ms(self.clock), "attributes": dict(attributes), "source": None}
+            "customer_id": self.customer_id,
+            "channel": channel,
+            "type": type_,
+            "occurred_at": ms(self.clock),
+            "attributes": {**(attrs or {}), **attributes},
+            "source": None,
+        }
         return self._step(tp)
 
     def replay(self, touchpoint: dict[str, Any]) -> Step:

@@ -1,0 +1,222 @@
+"""Properties of the engine over the shipped catalog, on generated multi-customer traffic."""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from datetime import UTC, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from journeys.engine import Engine
+from journeys.loader import load_catalog
+from journeys.simulate import replay
+from tests.journeys.harness import CATALOG_DIR, T0, ms
+
+ENGINE = Engine(load_catalog(CATALOG_DIR))
+POLICIES = ENGINE.policies
+MINUTE = 60_000
+
+# (type, channel, attributes) a customer may produce
+MOVES = [
+    ("page_view", "web", {"topic": "billing"}),
+    ("page_view", "app", {"topic": "returns"}),
+    ("page_view", "web", {}),
+    ("cart_add", "web", {"sku": "A"}),
+    ("cart_add", "app", {"sku": "B"}),
+    ("checkout_started", "web", {}),
+    ("purchase", "web", {"sku": "A"}),
+    ("call_started", "call_center", {"topic": "billing"}),
+    ("call_started", "ivr", {"topic": "returns"}),
+    ("chat_started", "chat", {"topic": "billing"}),
+    ("survey_response", "email", {"survey": "nps", "score": "3"}),
+    ("survey_response", "email", {"survey": "nps", "score": "10"}),
+    ("complaint_resolved", "call_center", {}),
+    ("app_login", "app", {}),
+    ("email_opened", "email", {}),
+    ("push_opened", "push", {}),
+    ("sms_clicked", "sms", {}),
+    ("consent_withdrawn", "email", {}),
+    ("consent_withdrawn", "web", {"channel": "push"}),
+    ("consent_granted", "web", {"channel": "all"}),
+    ("cart_cleared", "web", {}),
+]
+GAPS = st.sampled_from([1, 5, 20, 29, 31, 45, 120, 600, 1439, 1500, 4400, 20000])
+TIMEZONES = ["Europe/Rome", "America/New_York", "Asia/Tokyo"]
+
+# carts abandoned again and again, on every channel: enough actions to press against the caps
+HEAVY = [3, 4, 5, 14, 15, 16, 10, 11]
+heavy_moves = st.lists(
+    st.tuples(st.sampled_from([31, 35, 61, 200]), st.sampled_from(HEAVY)), min_size=5, max_size=40
+)
+heavy_traffic = st.lists(heavy_moves, min_size=1, max_size=2)
+
+customer_moves = st.lists(st.tuples(GAPS, st.integers(0, len(MOVES) - 1)), min_size=1, max_size=25)
+traffic = st.lists(customer_moves, min_size=1, max_size=3)
+
+
+def build(plan: list[list[tuple[int, int]]]) -> dict[str, list[dict[str, Any]]]:
+    """Per customer, its touchpoints in order (event time strictly increasing)."""
+    by_customer = {}
+    for n, moves in enumerate(plan):
+        cid, t = f"c{n}", ms(T0) + n * 7 * MINUTE
+        tz = TIMEZONES[n % len(TIMEZONES)]
+        events = []
+        for i, (gap, move) in enumerate(moves):
+            t += gap * MINUTE
+            kind, channel, attributes = MOVES[move]
+            events.append(
+                {
+                    "event_id": f"{cid}-{i}",
+                    "customer_id": cid,
+                    "channel": channel,
+                    "type": kind,
+                    "occurred_at": t,
+                    "attributes": {**attributes, "timezone": tz},
+                    "source": None,
+                }
+            )
+        by_customer[cid] = events
+    return by_customer
+
+
+def interleave(by_customer: dict[str, list[dict[str, Any]]], seed: int) -> list[dict[str, Any]]:
+    """A random merge that keeps each customer's own order."""
+    rng = random.Random(seed)
+    queues = {c: list(e) for c, e in by_customer.items()}
+    out = []
+    while queues:
+        c = rng.choice(sorted(queues))
+        out.append(queues[c].pop(0))
+        if not queues[c]:
+            del queues[c]
+    return out
+
+
+def outputs(
+    events: list[dict[str, Any]], until: int | None = None
+) -> dict[str, list[tuple[str, dict[str, Any]]]]:
+    per_customer: dict[str, list[tuple[str, dict[str, Any]]]] = defaultdict(list)
+    for step in replay(ENGINE, [dict(e, attributes=dict(e["attributes"])) for e in events], until):
+        cid = step.state["customer_id"]
+        per_customer[cid] += [("t", t) for t in step.transitions]
+        per_customer[cid] += [("a", a) for a in step.actions]
+    return dict(per_customer)
+
+
+def last_time(by_customer: dict[str, list[dict[str, Any]]]) -> int:
+    return max(e["occurred_at"] for es in by_customer.values() for e in es)
+
+
+common = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@common
+@given(traffic, st.integers(0, 1000))
+def test_deterministic(plan: list[list[tuple[int, int]]], seed: int) -> None:
+    events = interleave(build(plan), seed)
+    assert outputs(events) == outputs(events)
+
+
+@common
+@given(traffic, st.integers(0, 1000), st.integers(0, 1000))
+def test_results_do_not_depend_on_interleaving(
+    plan: list[list[tuple[int, int]]], a: int, b: int
+) -> None:
+    by_customer = build(plan)
+    end = last_time(by_customer) + 10 * 24 * 60 * MINUTE
+    assert outputs(interleave(by_customer, a), end) == outputs(interleave(by_customer, b), end)
+
+
+@common
+@given(traffic, st.integers(0, 1000), st.lists(st.integers(0, 10_000), max_size=8))
+def test_duplicates_change_nothing(
+    plan: list[list[tuple[int, int]]], seed: int, picks: list[int]
+) -> None:
+    by_customer = build(plan)
+    end = last_time(by_customer) + 10 * 24 * 60 * MINUTE
+    events = interleave(by_customer, seed)
+    with_duplicates = list(events)
+    for pick in picks:  # re-send an event (a copy) somewhere after the original
+        original = events[pick % len(events)]
+        position = next(i for i, e in enumerate(with_duplicates) if e is original)
+        target = position + 1 + pick % (len(with_duplicates) - position)
+        with_duplicates.insert(target, dict(original))
+    assert outputs(with_duplicates, end) == outputs(events, end)
+
+
+def _actions(result: dict[str, list[tuple[str, dict[str, Any]]]]) -> list[dict[str, Any]]:
+    return [r for records in result.values() for kind, r in records if kind == "a"]
+
+
+@common
+@given(traffic, st.integers(0, 1000))
+def test_windows_fire_at_most_once_and_never_after_the_awaited_event(
+    plan: list[list[tuple[int, int]]], seed: int
+) -> None:
+    by_customer = build(plan)
+    result = outputs(interleave(by_customer, seed), last_time(by_customer) + 20 * 1440 * MINUTE)
+    ids = [a["action_id"] for a in _actions(result)]
+    assert len(ids) == len(set(ids)), "an action (and so a window) fired twice"
+    for records in result.values():
+        causes = [
+            (t["journey_id"], t["cause"], t["to_stage"])
+            for kind, t in records
+            if kind == "t" and t["reason"] == "window"
+        ]
+        assert len(causes) == len(set(causes))
+    for action in _actions(result):
+        if action["action"] != "send_cart_reminder":
+            continue
+        arming_id = action["trigger"].rsplit("/", 1)[1]
+        events = by_customer[action["customer_id"]]
+        armed_at = next(e["occurred_at"] for e in events if e["event_id"] == arming_id)
+        awaited = [
+            e
+            for e in events
+            if e["type"] in ("checkout_started", "purchase")
+            and armed_at < e["occurred_at"] <= armed_at + 30 * MINUTE
+        ]
+        assert not awaited, f"reminder fired although {awaited[0]['event_id']} arrived in time"
+
+
+def _send_time(action: dict[str, Any]) -> int:
+    return action["not_before"] or action["created_at"]
+
+
+@common
+@given(heavy_traffic | traffic, st.integers(0, 1000))
+def test_frequency_caps_are_never_exceeded(plan: list[list[tuple[int, int]]], seed: int) -> None:
+    by_customer = build(plan)
+    result = outputs(interleave(by_customer, seed), last_time(by_customer) + 20 * 1440 * MINUTE)
+    for records in result.values():
+        sent = sorted(
+            (_send_time(a), a["channel"])
+            for kind, a in records
+            if kind == "a" and a["category"] != "transactional"
+        )
+        for cap in POLICIES.frequency_caps:
+            times = [t for t, ch in sent if cap.channel in ("any", ch)]
+            for i, start in enumerate(times):
+                inside = [t for t in times[i:] if t < start + cap.per_ms]
+                assert len(inside) <= cap.max, (cap, inside)
+
+
+@common
+@given(heavy_traffic | traffic, st.integers(0, 1000))
+def test_quiet_hours_are_never_violated(plan: list[list[tuple[int, int]]], seed: int) -> None:
+    by_customer = build(plan)
+    result = outputs(interleave(by_customer, seed), last_time(by_customer) + 20 * 1440 * MINUTE)
+    quiet = POLICIES.quiet_hours
+    assert quiet is not None
+    for cid, records in result.items():
+        zone = ZoneInfo(by_customer[cid][0]["attributes"]["timezone"])
+        for kind, a in records:
+            if kind != "a" or a["channel"] not in quiet.channels:
+                continue
+            local = datetime.fromtimestamp(_send_time(a) / 1000, tz=UTC).astimezone(zone)
+            minute = local.hour * 60 + local.minute
+            assert quiet.end_minute <= minute < quiet.start_minute, (a["action"], local)

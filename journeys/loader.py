@@ -77,8 +77,9 @@ def field_name(path: Iterable[str | int]) -> str:
 class _Source:
     """One YAML document with the line of every key and item."""
 
-    def __init__(self, file: str, text: str) -> None:
+    def __init__(self, file: str, text: str, time_scale: float = 1.0) -> None:
         self.file = file
+        self.time_scale = time_scale
         self.lines: dict[Path_, int] = {}
         self.problems: list[Problem] = []
         try:
@@ -199,7 +200,7 @@ class _JourneyBuilder:
 
     def duration(self, path: Path_, value: str) -> int:
         try:
-            return parse_duration_ms(value)
+            return max(1, round(parse_duration_ms(value) / self.src.time_scale))
         except ValueError as exc:
             self.src.problem(path, str(exc))
             return 1
@@ -496,14 +497,14 @@ def journey_files(paths: Iterable[Path]) -> list[Path]:
     return files
 
 
-def _load_file(path: Path) -> tuple[_Source, Journey | Policies | None]:
+def _load_file(path: Path, time_scale: float = 1.0) -> tuple[_Source, Journey | Policies | None]:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         src = _Source(str(path), "")
         src.problems.append(Problem(str(path), 1, "", f"cannot read: {exc.strerror}"))
         return src, None
-    src = _Source(str(path), text)
+    src = _Source(str(path), text, time_scale)
     if src.problems:
         return src, None
     if not isinstance(src.data, dict):
@@ -517,7 +518,11 @@ def _load_file(path: Path) -> tuple[_Source, Journey | Policies | None]:
     return src, _JourneyBuilder(src).build()
 
 
-def load_catalog_with_problems(paths: Iterable[Path]) -> tuple[Catalog | None, list[Problem], int]:
+def load_catalog_with_problems(
+    paths: Iterable[Path], time_scale: float = 1.0
+) -> tuple[Catalog | None, list[Problem], int]:
+    """``time_scale`` > 1 divides every duration (windows, caps, lateness...) by it: the demo
+    uses it to show a 30-minute window in 30 seconds."""
     files = journey_files(paths)
     problems: list[Problem] = []
     journeys: list[Journey] = []
@@ -525,7 +530,7 @@ def load_catalog_with_problems(paths: Iterable[Path]) -> tuple[Catalog | None, l
     journeys_src: list[tuple[Journey, _Source]] = []
     first_source: dict[str, str] = {}
     for path in files:
-        src, loaded = _load_file(path)
+        src, loaded = _load_file(path, time_scale)
         problems += src.problems
         if isinstance(loaded, Policies):
             policies.append((src, loaded))
@@ -576,9 +581,9 @@ def load_catalog_with_problems(paths: Iterable[Path]) -> tuple[Catalog | None, l
     return catalog, [], len(files)
 
 
-def load_catalog(*paths: Path) -> Catalog:
+def load_catalog(*paths: Path, time_scale: float = 1.0) -> Catalog:
     """The catalog in ``paths`` (files or folders); raises JourneyError listing every problem."""
-    catalog, problems, _ = load_catalog_with_problems(paths)
+    catalog, problems, _ = load_catalog_with_problems(paths, time_scale)
     if catalog is None:
         raise JourneyError(problems)
     return catalog

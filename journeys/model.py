@@ -159,3 +159,15 @@ class Catalog:
 
     def journey(self, journey_id: str) -> Journey:
         return next(j for j in self.journeys if j.id == journey_id)
+
+    def channels(self) -> frozenset[str]:
+        """Every channel an action of the catalog may be sent to."""
+        specs = [
+            o.action
+            for j in self.journeys
+            for w in j.windows
+            for o in (w.on_timeout, w.on_match)
+            if o.action is not None
+        ]
+        specs += [a.action for j in self.journeys for a in j.actions]
+        return frozenset(c for spec in specs for c in spec.channels)

@@ -185,14 +185,18 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     )
 
 
-def cmd_not_built(args: argparse.Namespace) -> int:
-    print(
-        f"percorso {args.command}: the streaming runtime (Faust worker) is not built yet in "
-        f"this version. What works today: `percorso validate`, `percorso simulate`, "
-        f"`percorso produce`, `percorso tail`, `percorso topics`.",
-        file=sys.stderr,
-    )
-    return 2
+def cmd_worker(args: argparse.Namespace) -> int:
+    from agents.worker import run_worker
+
+    settings = _settings(args)
+    _require_broker(settings)
+    return run_worker(settings, loglevel=args.loglevel)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from agents.demo import run_demo
+
+    return run_demo(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -261,13 +265,37 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_simulate)
 
-    for name, text in (
-        ("demo", "the embedded default: local broker, worker, synthetic traffic, live summary"),
-        ("worker", "a Faust worker (scale out by starting more with the same app id)"),
-    ):
-        p = sub.add_parser(name, help=text)
-        _common(p)
-        p.set_defaults(func=cmd_not_built)
+    p = sub.add_parser(
+        "worker", help="a Faust worker (scale out by starting more with the same app id)"
+    )
+    _common(p)
+    p.add_argument("--journeys", help="folder of journey files (env PERCORSO_JOURNEYS)")
+    p.add_argument("--data-dir", help="RocksDB state folder (env PERCORSO_DATA_DIR)")
+    p.add_argument(
+        "--web-port", type=int, help="port of /metrics, /healthz, /readyz (env PERCORSO_WEB_PORT)"
+    )
+    p.add_argument("--app-id", help="consumer group / app id (env PERCORSO_APP_ID)")
+    p.add_argument("--loglevel", default="info", help="log level (default info)")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser(
+        "demo", help="the embedded default: local broker, worker, synthetic traffic, summary"
+    )
+    p.add_argument("--customers", type=int, default=300, help="synthetic customers")
+    p.add_argument("--rate", type=float, default=40.0, help="touchpoints per second")
+    p.add_argument(
+        "--time-scale",
+        type=float,
+        default=60.0,
+        help="divide journey durations by this so windows fire during the demo "
+        "(default 60: 30 min -> 30 s)",
+    )
+    p.add_argument("--duration", type=float, help="stop after this many seconds")
+    p.add_argument("--web-port", type=int, default=6066, help="the worker's HTTP port")
+    p.add_argument(
+        "--plain", action="store_true", help="print summaries as lines instead of a live screen"
+    )
+    p.set_defaults(func=cmd_demo)
     return parser
 
 

@@ -61,6 +61,10 @@ class Settings:
     replication_factor: int = -1  # -1: the cluster's default.replication.factor
     action_channels: tuple[str, ...] = DEFAULT_ACTION_CHANNELS
     security: KafkaSecurity = KafkaSecurity()
+    broker_profile: str = "production"
+    tick_interval_s: float = 1.0
+    window_grace_ms: int = 0
+    time_scale: float = 1.0  # >1 compresses every journey duration (the demo only)
 
     @classmethod
     def from_env(cls, env: os._Environ[str] | dict[str, str] | None = None) -> Settings:
@@ -101,6 +105,10 @@ class Settings:
             if channels
             else base.action_channels,
             security=security,
+            broker_profile=e.get("PERCORSO_BROKER_PROFILE", base.broker_profile),
+            tick_interval_s=float(e.get("PERCORSO_TICK_INTERVAL", base.tick_interval_s)),
+            window_grace_ms=int(e.get("PERCORSO_WINDOW_GRACE_MS", base.window_grace_ms)),
+            time_scale=float(e.get("PERCORSO_TIME_SCALE", base.time_scale)),
         )
 
     def kafka_config(self) -> dict[str, Any]:

@@ -36,16 +36,21 @@ def decode_message(msg: Any, codec: AvroCodec | None, with_meta: bool) -> dict[s
         k: (v.decode(errors="replace") if v is not None else None) for k, v in (msg.headers() or [])
     }
     key = msg.key().decode(errors="replace") if msg.key() is not None else None
+    meta = {
+        "topic": msg.topic(),
+        "partition": msg.partition(),
+        "offset": msg.offset(),
+        "key": key,
+        "headers": headers,
+    }
+    if codec is None:  # dead letters: the original bytes, as they were
+        return {**meta, "value_base64": base64.b64encode(msg.value() or b"").decode()}
     value: Any
-    if codec is None:
-        raw = msg.value() or b""
-        value = {"key": key, "value_base64": base64.b64encode(raw).decode(), "headers": headers}
-    else:
-        try:
-            value = codec.decode(msg.value())
-        except SerializationError as exc:
-            value = {"undecodable": str(exc)}
-    if not with_meta and codec is not None:
+    try:
+        value = codec.decode(msg.value())
+    except SerializationError as exc:
+        value = {"undecodable": str(exc)}
+    if not with_meta:
         return value
     return {
         "topic": msg.topic(),

@@ -1,0 +1,424 @@
+"""The Faust app: one stateful agent, two RocksDB tables, a tick timer. Thin by design: every
+decision is made by ``agents.processor.Processor`` and the journey engine.
+
+Topics (all co-partitioned, so Faust assigns partition *p* of each to the same worker):
+- the input topic (``touchpoints``), read as raw bytes;
+- ``<app_id>-repartition``: touchpoints whose Kafka key is not their customer id, re-keyed;
+- ``<app_id>-ticks``: wake-up calls, one per owned partition when something there may be due.
+
+Tables (``rocksdb://``, changelogged, compacted): ``customers`` (customer id -> state) and
+``deadlines`` (the per-partition deadline index). Both are written only inside stream iteration,
+where Faust knows the partition of the current event.
+
+Why ticks are decided when processed, not when sent: Faust merges the three topics into one
+stream without ordering between them, so a tick may overtake touchpoints of the same partition
+that are already buffered. A tick therefore fires what is due up to the *partition's safe time*:
+the wall clock (minus ``window_grace_ms``) when every touchpoint of the partition up to its
+high watermark has been processed, else the latest event time processed on the partition. Under
+backlog, no window fires before the touchpoints that could cancel it have been processed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import faust
+from aiokafka.partitioner import murmur2
+from faust.types import TP
+from mode import CrashingSupervisor
+
+from agents.processor import (
+    LATE,
+    Outgoing,
+    Processor,
+    Rejected,
+    index_range,
+    parse_index_key,
+)
+from journeys.engine import Engine, Tick
+from journeys.model import Catalog
+from percorso.broker import BrokerProfile
+from percorso.clients import Codecs
+from percorso.config import Settings
+
+log = logging.getLogger("percorso.agents")
+
+RAW: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def partition_for(customer_id: str, partitions: int) -> int:
+    """The partition of a customer id: murmur2, like the Java client (and Faust) default."""
+    return (murmur2(customer_id.encode()) & 0x7FFFFFFF) % partitions
+
+
+@dataclass
+class RuntimeOptions:
+    partitions: int
+    replication_factor: int = 1
+    tick_interval_s: float = 1.0
+    window_grace_ms: int = 0
+    tick_resend_s: float = 10.0
+
+
+@dataclass
+class PartitionProgress:
+    """What this worker has processed of one partition since it was assigned."""
+
+    next_offset: dict[str, int] = field(default_factory=dict)  # topic -> next offset
+    watermark: int | None = None  # latest event time processed
+    tick_sent_at: float | None = None
+
+
+class Runtime:
+    """A Percorso worker: the Faust app and the glue between it and the Processor."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        profile: BrokerProfile,
+        catalog: Catalog,
+        options: RuntimeOptions,
+        codecs: Codecs | None = None,
+    ) -> None:
+        self.settings = settings
+        self.profile = profile
+        self.options = options
+        self.codecs = codecs or Codecs.from_settings(settings)
+        self.processor = Processor(settings, Engine(catalog), self.codecs)
+        self.progress: dict[int, PartitionProgress] = {}
+        self.stats = RuntimeStats()
+        self.app = self._create_app()
+        n = options.partitions
+        t = settings.topics
+        self.repartition_name = f"{settings.app_id}-repartition"
+        self.ticks_name = f"{settings.app_id}-ticks"
+        self.input_topic = self.app.topic(t.touchpoints, partitions=n, **RAW)
+        self.repartition_topic = self.app.topic(
+            self.repartition_name, partitions=n, internal=True, **RAW
+        )
+        self.ticks_topic = self.app.topic(
+            self.ticks_name, partitions=n, internal=True, retention=3600.0, **RAW
+        )
+        self.source = self.app.topic(
+            t.touchpoints, self.repartition_name, self.ticks_name, partitions=n, **RAW
+        )
+        self.customers = self._raw_table("customers", n)
+        self.deadlines = self._raw_table("deadlines", n)
+        self._out: dict[str, faust.TopicT] = {}
+        self.app.agent(self.source, name="orchestrate", concurrency=1)(self._orchestrate)
+        self.app.timer(interval=options.tick_interval_s, name="schedule_ticks")(
+            self._schedule_ticks
+        )
+        self.app.on_partitions_revoked.connect(self._on_revoked)
+        self.app.on_partitions_assigned.connect(self._on_assigned)
+        self.assigned_once = False
+        self.app.page("/healthz")(self._healthz)
+        self.app.page("/readyz")(self._readyz)
+
+    # -- the app ----------------------------------------------------------------------------
+
+    def _create_app(self) -> faust.App:
+        s, p = self.settings, self.profile
+        if not s.bootstrap_servers:
+            raise ValueError("no Kafka bootstrap servers")
+        brokers = [f"kafka://{h.strip()}" for h in s.bootstrap_servers.split(",") if h.strip()]
+        return faust.App(
+            s.app_id,
+            broker=brokers,
+            broker_credentials=self._credentials(),
+            store="rocksdb://",
+            datadir=str(s.data_dir),
+            topic_partitions=self.options.partitions,
+            topic_replication_factor=self.options.replication_factor,
+            processing_guarantee="at_least_once",
+            agent_supervisor=CrashingSupervisor,
+            consumer_auto_offset_reset="earliest",
+            broker_session_timeout=p.session_timeout_s,
+            broker_rebalance_timeout=p.rebalance_timeout_s,
+            broker_heartbeat_interval=p.heartbeat_interval_s,
+            recovery_consistency_check=p.recovery_consistency_check,
+            producer_linger=0.02,
+            web_enabled=True,
+            web_port=s.web_port,
+            web_host="0.0.0.0",
+            web_in_thread=False,
+        )
+
+    def _raw_table(self, name: str, partitions: int) -> faust.Table:
+        """A table of bytes. Faust derives table serializers from Record types only and falls
+        back to JSON; they are set before the store and changelog topic are (lazily) made."""
+        table = cast(
+            faust.Table,
+            self.app.Table(name, partitions=partitions, key_type=bytes, value_type=bytes),
+        )
+        table.key_serializer = "raw"
+        table.value_serializer = "raw"
+        return table
+
+    def _credentials(self) -> Any:
+        sec = self.settings.security
+        if sec.protocol == "PLAINTEXT":
+            return None
+        import ssl
+
+        context = (
+            ssl.create_default_context(cafile=sec.ssl_cafile)
+            if sec.protocol in ("SSL", "SASL_SSL")
+            else None
+        )
+        if sec.protocol.startswith("SASL"):
+            return faust.SASLCredentials(
+                username=sec.sasl_username or "",
+                password=sec.sasl_password or "",
+                mechanism=sec.sasl_mechanism or "PLAIN",
+                ssl_context=context,
+            )
+        return faust.SSLCredentials(context)
+
+    def _topic(self, name: str) -> faust.TopicT:
+        topic = self._out.get(name)
+        if topic is None:
+            topic = self._out[name] = self.app.topic(name, **RAW)
+        return topic
+
+    async def _send(self, out: Outgoing, partition: int | None = None) -> None:
+        await self._topic(out.topic).send(
+            key=out.key, value=out.value, headers=out.headers or None, partition=partition
+        )
+
+    async def _send_all(self, outgoing: Iterable[Outgoing]) -> None:
+        for out in outgoing:
+            await self._send(out)
+
+    # -- the agent --------------------------------------------------------------------------
+
+    async def _orchestrate(self, stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            message = event.message
+            now = now_ms()
+            if message.topic == self.ticks_name:
+                await self._on_tick(message, now)
+            else:
+                await self._on_touchpoint(message, now)
+
+    def _progress(self, partition: int) -> PartitionProgress:
+        progress = self.progress.get(partition)
+        if progress is None:
+            progress = self.progress[partition] = PartitionProgress()
+        return progress
+
+    async def _on_touchpoint(self, message: Any, now: int) -> None:
+        progress = self._progress(message.partition)
+        progress.next_offset[message.topic] = message.offset + 1
+        self.stats.consumed += 1
+        try:
+            touchpoint = self.processor.decode(message.value)
+        except Rejected as rejected:
+            await self._dead_letter(message, rejected.error_class, str(rejected))
+            return
+        customer_id = touchpoint["customer_id"]
+        if message.topic == self.settings.topics.touchpoints and (
+            message.key is None or message.key != customer_id.encode()
+        ):
+            partition = partition_for(customer_id, self.options.partitions)
+            await self.repartition_topic.send(
+                key=customer_id.encode(),
+                value=message.value,
+                partition=partition,
+                headers=list(message.headers or []) or None,
+            )
+            self.stats.repartitioned += 1
+            return
+        t = touchpoint["occurred_at"]
+        progress.watermark = t if progress.watermark is None else max(progress.watermark, t)
+        key = customer_id.encode()
+        applied = self.processor.apply(self.customers.get(key), touchpoint, now, message.partition)
+        outcome = applied.step.outcome
+        if outcome == "late":
+            await self._dead_letter(
+                message,
+                LATE,
+                f"event time {t} is older than the "
+                f"customer's latest event time minus the allowed lateness",
+            )
+            return
+        if outcome == "duplicate":
+            self.stats.duplicates += 1
+            return
+        await self._store(key, applied)
+
+    async def _store(self, key: bytes, applied: Any) -> None:
+        await self._send_all(applied.outgoing)
+        self.customers[key] = applied.stored
+        if applied.index_add is not None:
+            self.deadlines[applied.index_add] = b""
+        self.stats.observe(applied.step)
+
+    async def _dead_letter(self, message: Any, error_class: str, reason: str) -> None:
+        await self._send(
+            self.processor.dead_letter(
+                message.key,
+                message.value,
+                error_class,
+                reason,
+                message.topic,
+                message.partition,
+                message.offset,
+            )
+        )
+        self.stats.dead_letters += 1
+
+    # -- windows ----------------------------------------------------------------------------
+
+    def safe_time(self, partition: int, now: int) -> int | None:
+        """Up to which event time this partition's windows may fire (None: not yet)."""
+        progress = self._progress(partition)
+        if all(
+            self._caught_up(TP(topic, partition), progress)
+            for topic in (self.settings.topics.touchpoints, self.repartition_name)
+        ):
+            return now - self.options.window_grace_ms
+        return progress.watermark
+
+    def _caught_up(self, tp: TP, progress: PartitionProgress) -> bool:
+        consumer = self.app.consumer
+        highwater = consumer.highwater(tp)
+        if highwater is None or highwater < 0:
+            return False
+        position = progress.next_offset.get(tp.topic)
+        if position is None:
+            committed = getattr(consumer, "_committed_offset", {}).get(tp)
+            position = committed or 0
+        return position >= highwater
+
+    def due_keys(self, partition: int, until: int) -> list[bytes]:
+        """Deadline-index keys of ``partition`` due at or before ``until`` (a range scan)."""
+        low, high = index_range(partition, until)
+        # faust's RocksDB store keeps one database per partition: a sorted range scan there
+        db_for_partition = getattr(self.deadlines.data, "_db_for_partition", None)
+        if db_for_partition is None:
+            raise RuntimeError("the deadline index needs faust's RocksDB store (rocksdb://)")
+        db = db_for_partition(partition)
+        keys = []
+        for key in db.keys(from_key=low):
+            if key >= high:
+                break
+            keys.append(key)
+        return keys
+
+    async def _on_tick(self, message: Any, now: int) -> None:
+        partition = message.partition
+        progress = self._progress(partition)
+        progress.tick_sent_at = None
+        try:
+            requested = int(json.loads(message.value)["at"])
+        except (ValueError, KeyError, TypeError):
+            log.warning("ignoring a malformed tick on partition %s", partition)
+            return
+        safe = self.safe_time(partition, now)
+        if safe is None:
+            return
+        until = min(requested, safe)
+        by_customer: dict[str, list[bytes]] = {}
+        for key in self.due_keys(partition, until):
+            by_customer.setdefault(parse_index_key(key)[2], []).append(key)
+        for customer_id, keys in by_customer.items():
+            for key in keys:
+                del self.deadlines[key]
+            ckey = customer_id.encode()
+            stored = self.customers.get(ckey)
+            if stored is None:
+                continue
+            applied = self.processor.apply(stored, Tick(until), now, partition)
+            await self._store(ckey, applied)
+        self.stats.ticks += 1
+
+    async def _schedule_ticks(self) -> None:
+        """Wake up owned partitions that have something due. Runs on every worker, but only
+        for the partitions this worker owns right now."""
+        now = now_ms()
+        for tp in self.app.assignor.assigned_actives():
+            if tp.topic != self.settings.topics.touchpoints:
+                continue
+            progress = self._progress(tp.partition)
+            if (
+                progress.tick_sent_at is not None
+                and time.monotonic() - progress.tick_sent_at < self.options.tick_resend_s
+            ):
+                continue  # one wake-up in flight per partition
+            until = now - self.options.window_grace_ms
+            try:
+                due = self.due_keys(tp.partition, until)
+            except Exception:  # the partition's store is not open yet (recovery)
+                continue
+            if not due:
+                continue
+            progress.tick_sent_at = time.monotonic()
+            await self.ticks_topic.send(
+                key=b"tick", value=json.dumps({"at": until}).encode(), partition=tp.partition
+            )
+
+    async def _on_assigned(
+        self, sender: Any, /, *args: Any, signal: Any = None, **kwargs: Any
+    ) -> None:
+        self.assigned_once = True
+
+    def ready(self) -> tuple[bool, str]:
+        """Ready: partitions assigned (possibly none, when there are more workers than
+        partitions), no rebalance under way, table recovery finished."""
+        if not self.assigned_once:
+            return False, "waiting for a partition assignment"
+        if self.app.rebalancing:
+            return False, "rebalancing"
+        recovery = getattr(self.app.tables, "recovery", None)
+        if self.app.in_recovery or (recovery is not None and not recovery.completed.is_set()):
+            return False, "recovering tables"
+        return True, "ready"
+
+    async def _healthz(self, request: Any) -> Any:
+        return self.app.web.json({"status": "alive"})
+
+    async def _readyz(self, request: Any) -> Any:
+        ok, why = self.ready()
+        return self.app.web.json(
+            {
+                "status": why,
+                "partitions": sorted(
+                    tp.partition
+                    for tp in self.app.assignor.assigned_actives()
+                    if tp.topic == self.settings.topics.touchpoints
+                ),
+            },
+            status=200 if ok else 503,
+        )
+
+    async def _on_revoked(
+        self, sender: Any, /, *args: Any, signal: Any = None, **kwargs: Any
+    ) -> None:
+        revoked = args[0] if args else kwargs.get("revoked", ())
+        for tp in revoked:
+            self.progress.pop(tp.partition, None)
+
+
+@dataclass
+class RuntimeStats:
+    consumed: int = 0
+    dead_letters: int = 0
+    duplicates: int = 0
+    repartitioned: int = 0
+    ticks: int = 0
+    transitions: int = 0
+    actions: int = 0
+
+    def observe(self, step: Any) -> None:
+        self.transitions += len(step.transitions)
+        self.actions += len(step.actions)

@@ -1,0 +1,78 @@
+"""``percorso worker``: check the journeys, make sure the topics exist, run the Faust worker."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from agents.app import Runtime, RuntimeOptions
+from journeys.loader import JourneyError, load_catalog
+from journeys.model import Catalog
+from percorso import clients
+from percorso.broker import (
+    EMBEDDED_BROKER_PROFILE,
+    PRODUCTION_PROFILE,
+    TEST_KAFKA_PROFILE,
+    BrokerProfile,
+)
+from percorso.config import Settings
+from percorso.topics import ensure_topics, percorso_topics
+
+PROFILES = {p.name: p for p in (PRODUCTION_PROFILE, EMBEDDED_BROKER_PROFILE, TEST_KAFKA_PROFILE)}
+
+log = logging.getLogger("percorso.worker")
+
+
+def profile_of(settings: Settings) -> BrokerProfile:
+    try:
+        return PROFILES[settings.broker_profile]
+    except KeyError:
+        raise ValueError(
+            f"PERCORSO_BROKER_PROFILE={settings.broker_profile!r}: expected one of "
+            f"{', '.join(sorted(PROFILES))}"
+        ) from None
+
+
+def prepare(settings: Settings, catalog: Catalog) -> RuntimeOptions:
+    """Create or check Percorso's topics; size the internal topics like the input topic."""
+    admin = clients.admin(settings)
+    specs = percorso_topics(settings, channels=set(settings.action_channels) | catalog.channels())
+    ensure_topics(admin, specs)
+    metadata = admin.list_topics(timeout=30)
+    partitions = len(metadata.topics[settings.topics.touchpoints].partitions)
+    replication = (
+        settings.replication_factor
+        if settings.replication_factor > 0
+        else min(3, len(metadata.brokers))
+    )
+    return RuntimeOptions(
+        partitions=partitions,
+        replication_factor=replication,
+        tick_interval_s=settings.tick_interval_s,
+        window_grace_ms=settings.window_grace_ms,
+    )
+
+
+def build_runtime(settings: Settings) -> Runtime:
+    catalog = load_catalog(settings.journeys_dir, time_scale=settings.time_scale)
+    options = prepare(settings, catalog)
+    return Runtime(settings, profile_of(settings), catalog, options)
+
+
+def run_worker(settings: Settings, loglevel: str = "info") -> int:
+    from faust.worker import Worker
+
+    try:
+        runtime = build_runtime(settings)
+    except JourneyError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 1
+    if settings.time_scale != 1.0:
+        log.warning(
+            "journey durations are divided by %s (PERCORSO_TIME_SCALE)", settings.time_scale
+        )
+    # quiet: no terminal spinner (it sets the root logger to DEBUG, which costs ~10% CPU)
+    worker = Worker(runtime.app, loglevel=loglevel, quiet=True)
+    worker.execute_from_commandline()
+    return 0

@@ -56,6 +56,7 @@ def prepare(settings: Settings, catalog: Catalog) -> RuntimeOptions:
 def build_runtime(settings: Settings) -> Runtime:
     catalog = load_catalog(settings.journeys_dir, time_scale=settings.time_scale)
     options = prepare(settings, catalog)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)  # faust creates only the last level
     return Runtime(settings, profile_of(settings), catalog, options)
 
 

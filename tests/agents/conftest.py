@@ -1,0 +1,270 @@
+"""Real workers (subprocesses, so they can be SIGKILLed) against the session broker."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from percorso import clients
+from percorso.broker import Broker, free_port
+from percorso.config import Settings
+from percorso.produce import TouchpointSender
+from percorso.tail import subject_for
+from percorso.topics import ensure_topics, percorso_topics
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class WorkerProcess:
+    settings: Settings
+    env: dict[str, str]
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+    starts: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.settings.web_port}"
+
+    def start(self) -> WorkerProcess:
+        self.starts += 1
+        log = self.log_path.open("ab")
+        log.write(f"\n===== start {self.starts} =====\n".encode())
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "percorso.cli", "worker"],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=REPO,
+        )
+        return self
+
+    def wait_ready(self, timeout: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise AssertionError(
+                    f"worker exited with {self.process.returncode}:\n{self.log_tail()}"
+                )
+            try:
+                with urllib.request.urlopen(f"{self.url}/readyz", timeout=1) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"worker not ready within {timeout} s:\n{self.log_tail()}")
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no commit, no flush."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(timeout=30)
+
+    def stop(self) -> int | None:
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        return self.process.returncode
+
+    def log_tail(self, lines: int = 60) -> str:
+        if not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def worker_env(settings: Settings, broker: Broker, **extra: str) -> dict[str, str]:
+    t = settings.topics
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers or "",
+        "PERCORSO_BROKER_PROFILE": broker.profile.name,
+        "PERCORSO_APP_ID": settings.app_id,
+        "PERCORSO_DATA_DIR": str(settings.data_dir),
+        "PERCORSO_WEB_PORT": str(settings.web_port),
+        "PERCORSO_JOURNEYS": str(settings.journeys_dir),
+        "PERCORSO_PARTITIONS": str(settings.partitions),
+        "PERCORSO_REPLICATION_FACTOR": str(settings.replication_factor),
+        "PERCORSO_TOPIC_TOUCHPOINTS": t.touchpoints,
+        "PERCORSO_TOPIC_ACTIONS_PREFIX": t.actions_prefix,
+        "PERCORSO_TOPIC_TRANSITIONS": t.transitions,
+        "PERCORSO_TOPIC_DLQ": t.dlq,
+        "PERCORSO_TICK_INTERVAL": "0.3",
+        "PYTHONUNBUFFERED": "1",
+    }
+    env.update(extra)
+    return env
+
+
+@dataclass
+class Cluster:
+    """Workers of one app id, sharing topics; stopped when the test ends."""
+
+    broker: Broker
+    settings: Settings
+    tmp: Path
+    workers: list[WorkerProcess] = field(default_factory=list)
+
+    def worker(self, name: str = "w1", **extra_env: str) -> WorkerProcess:
+        settings = replace(self.settings, data_dir=self.tmp / name / "data", web_port=free_port())
+        w = WorkerProcess(
+            settings, worker_env(settings, self.broker, **extra_env), self.tmp / f"{name}.log"
+        )
+        self.workers.append(w)
+        return w
+
+    def stop_all(self) -> None:
+        for w in self.workers:
+            w.stop()
+
+
+@pytest.fixture
+def cluster(
+    broker: Broker,
+    settings_factory: Callable[..., Settings],
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+) -> Iterator[Cluster]:
+    settings = settings_factory(journeys_dir=REPO / "journeys" / "catalog")
+    ensure_topics(clients.admin(settings), percorso_topics(settings))
+    c = Cluster(broker, settings, tmp_path)
+    yield c
+    c.stop_all()
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        for w in c.workers:
+            print(f"----- {w.log_path.name} -----\n{w.log_tail(80)}")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)
+
+
+def produce(settings: Settings, events: Iterable[dict[str, Any]]) -> int:
+    sender = TouchpointSender(
+        clients.producer(settings),
+        clients.Codecs.from_settings(settings),
+        settings.topics.touchpoints,
+    )
+    for e in events:
+        sender.send(e)
+    sender.flush()
+    assert sender.summary.failed == 0, sender.first_error
+    return sender.summary.delivered
+
+
+def produce_raw(settings: Settings, records: Iterable[tuple[bytes | None, bytes]]) -> None:
+    producer = clients.producer(settings)
+    for key, value in records:
+        producer.produce(settings.topics.touchpoints, key=key, value=value)
+    assert producer.flush(30) == 0
+
+
+class Collector:
+    """Reads output topics from the beginning, by assignment, decoding Percorso records."""
+
+    def __init__(self, settings: Settings, topics: list[str]) -> None:
+        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+        self.settings = settings
+        self.codecs = clients.Codecs.from_settings(settings)
+        self.consumer = Consumer(
+            {
+                **settings.kafka_config(),
+                "group.id": "test-collector",
+                "enable.auto.commit": False,
+                "logger": _librdkafka_log,
+            }
+        )
+        metadata = self.consumer.list_topics(timeout=10)
+        assignment = []
+        for topic in topics:
+            if topic in metadata.topics:
+                assignment += [
+                    TopicPartition(topic, p, OFFSET_BEGINNING)
+                    for p in metadata.topics[topic].partitions
+                ]
+        self.consumer.assign(assignment)
+        self.records: dict[str, list[dict[str, Any]]] = {t: [] for t in topics}
+
+    def poll(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            for msg in self.consumer.consume(500, timeout=0.1):
+                if msg.error():
+                    continue
+                subject = subject_for(self.settings, msg.topic())
+                headers = {k: v for k, v in (msg.headers() or [])}
+                if subject is None:
+                    value: dict[str, Any] = {
+                        "key": msg.key(),
+                        "value": msg.value(),
+                        "headers": headers,
+                    }
+                else:
+                    value = self.codecs.for_subject(subject).decode(msg.value())
+                    value["_headers"] = headers
+                self.records[msg.topic()].append(value)
+
+    def until(self, condition: Callable[[], bool], timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+            self.poll(0.3)
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+_librdkafka_log = logging.getLogger("tests.librdkafka")
+
+
+Collect = Callable[[Settings, list[str]], "Collector"]
+
+
+@pytest.fixture
+def collect() -> Iterator[Collect]:
+    """Collectors closed when the test ends, whatever happened."""
+    made: list[Collector] = []
+
+    def make(settings: Settings, topics: list[str]) -> Collector:
+        made.append(Collector(settings, topics))
+        return made[-1]
+
+    yield make
+    for c in made:
+        c.close()
+
+
+def action_topics(settings: Settings) -> list[str]:
+    return [settings.topics.actions(c) for c in settings.action_channels]
+
+
+def jsonl(path: Path, events: Iterable[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(e) + "\n" for e in events))
+    return path

@@ -6,9 +6,12 @@ Topics (all co-partitioned, so Faust assigns partition *p* of each to the same w
 - ``<app_id>-repartition``: touchpoints whose Kafka key is not their customer id, re-keyed;
 - ``<app_id>-ticks``: wake-up calls, one per owned partition when something there may be due.
 
-Tables (``rocksdb://``, changelogged, compacted): ``customers`` (customer id -> state) and
-``deadlines`` (the per-partition deadline index). Both are written only inside stream iteration,
-where Faust knows the partition of the current event.
+One table (``rocksdb://``, changelogged, compacted), ``state``: customers' states, the
+per-partition deadline index and tick pointers (see ``agents.processor``), all in one changelog
+so that what survives a crash is always a prefix of what was written. It is written only inside
+stream iteration, where Faust knows the partition of the current event. Outputs are kept in the
+customer's stored value until their source offset is committed (``agents.outbox``), and re-sent
+if that message is processed again after a crash.
 
 Why ticks are decided when processed, not when sent: Faust merges the three topics into one
 stream without ordering between them, so a tick may overtake touchpoints of the same partition
@@ -32,13 +35,17 @@ from aiokafka.partitioner import murmur2
 from faust.types import TP
 from mode import CrashingSupervisor
 
+from agents.outbox import Outgoing, Position, outputs_for
 from agents.processor import (
     LATE,
-    Outgoing,
+    Applied,
     Processor,
     Rejected,
+    customer_key,
     index_range,
     parse_index_key,
+    tick_pointer_prefix,
+    unpack,
 )
 from journeys.engine import Engine, Tick
 from journeys.model import Catalog
@@ -49,6 +56,7 @@ from percorso.config import Settings
 log = logging.getLogger("percorso.agents")
 
 RAW: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
+TICK_CHUNK = 500  # customers per tick pointer
 
 
 def now_ms() -> int:
@@ -76,6 +84,7 @@ class PartitionProgress:
     next_offset: dict[str, int] = field(default_factory=dict)  # topic -> next offset
     watermark: int | None = None  # latest event time processed
     tick_sent_at: float | None = None
+    tick_pointers: list[tuple[int, bytes]] = field(default_factory=list)  # (offset, key)
 
 
 class Runtime:
@@ -111,8 +120,7 @@ class Runtime:
         self.source = self.app.topic(
             t.touchpoints, self.repartition_name, self.ticks_name, partitions=n, **RAW
         )
-        self.customers = self._raw_table("customers", n)
-        self.deadlines = self._raw_table("deadlines", n)
+        self.state = self._raw_table("state", n)
         self._out: dict[str, faust.TopicT] = {}
         self.app.agent(self.source, name="orchestrate", concurrency=1)(self._orchestrate)
         self.app.timer(interval=options.tick_interval_s, name="schedule_ticks")(
@@ -121,8 +129,7 @@ class Runtime:
         self.app.on_partitions_revoked.connect(self._on_revoked)
         self.app.on_partitions_assigned.connect(self._on_assigned)
         self.assigned_once = False
-        self.app.page("/healthz")(self._healthz)
-        self.app.page("/readyz")(self._readyz)
+        self._register_views()
 
     # -- the app ----------------------------------------------------------------------------
 
@@ -216,14 +223,24 @@ class Runtime:
             progress = self.progress[partition] = PartitionProgress()
         return progress
 
+    def _committed(self) -> dict[tuple[str, int], int]:
+        """Committed offsets by (topic, partition): what can never be read again."""
+        committed = getattr(self.app.consumer, "_committed_offset", {})
+        return {
+            (tp.topic, tp.partition): offset
+            for tp, offset in committed.items()
+            if offset is not None
+        }
+
     async def _on_touchpoint(self, message: Any, now: int) -> None:
         progress = self._progress(message.partition)
         progress.next_offset[message.topic] = message.offset + 1
+        source = Position(message.topic, message.partition, message.offset)
         self.stats.consumed += 1
         try:
             touchpoint = self.processor.decode(message.value)
         except Rejected as rejected:
-            await self._dead_letter(message, rejected.error_class, str(rejected))
+            await self._dead_letter(message, source, rejected.error_class, str(rejected))
             return
         customer_id = touchpoint["customer_id"]
         if message.topic == self.settings.topics.touchpoints and (
@@ -240,40 +257,40 @@ class Runtime:
             return
         t = touchpoint["occurred_at"]
         progress.watermark = t if progress.watermark is None else max(progress.watermark, t)
-        key = customer_id.encode()
-        applied = self.processor.apply(self.customers.get(key), touchpoint, now, message.partition)
+        key = customer_key(customer_id)
+        applied = self.processor.apply(
+            self.state.get(key), touchpoint, now, source, self._committed()
+        )
+        await self._send_all(applied.resend)  # a crash lost them last time: send again
         outcome = applied.step.outcome
         if outcome == "late":
             await self._dead_letter(
                 message,
+                source,
                 LATE,
-                f"event time {t} is older than the "
-                f"customer's latest event time minus the allowed lateness",
+                f"event time {t} is older than the customer's latest "
+                f"event time minus the allowed lateness",
             )
             return
         if outcome == "duplicate":
             self.stats.duplicates += 1
-            return
+        # A duplicate is stored again too: after a crash the local RocksDB may be ahead of the
+        # changelog, and this write is what brings the changelog up to date.
         await self._store(key, applied)
 
-    async def _store(self, key: bytes, applied: Any) -> None:
+    async def _store(self, key: bytes, applied: Applied) -> None:
+        """Send, then write the state (its outbox holds what was sent), then index it."""
         await self._send_all(applied.outgoing)
-        self.customers[key] = applied.stored
+        self.state[key] = applied.stored
         if applied.index_add is not None:
-            self.deadlines[applied.index_add] = b""
+            self.state[applied.index_add] = b""
         self.stats.observe(applied.step)
 
-    async def _dead_letter(self, message: Any, error_class: str, reason: str) -> None:
+    async def _dead_letter(
+        self, message: Any, source: Position, error_class: str, reason: str
+    ) -> None:
         await self._send(
-            self.processor.dead_letter(
-                message.key,
-                message.value,
-                error_class,
-                reason,
-                message.topic,
-                message.partition,
-                message.offset,
-            )
+            self.processor.dead_letter(message.key, message.value, error_class, reason, source)
         )
         self.stats.dead_letters += 1
 
@@ -301,15 +318,18 @@ class Runtime:
         return position >= highwater
 
     def due_keys(self, partition: int, until: int) -> list[bytes]:
-        """Deadline-index keys of ``partition`` due at or before ``until`` (a range scan)."""
+        """Deadline-index keys of ``partition`` due at or before ``until``."""
         low, high = index_range(partition, until)
-        # faust's RocksDB store keeps one database per partition: a sorted range scan there
-        db_for_partition = getattr(self.deadlines.data, "_db_for_partition", None)
+        return self._scan(partition, low, high)
+
+    def _scan(self, partition: int, low: bytes, high: bytes) -> list[bytes]:
+        """Keys in [low, high) of one partition: a sorted range scan of its RocksDB."""
+        # faust's RocksDB store keeps one database per partition
+        db_for_partition = getattr(self.state.data, "_db_for_partition", None)
         if db_for_partition is None:
-            raise RuntimeError("the deadline index needs faust's RocksDB store (rocksdb://)")
-        db = db_for_partition(partition)
+            raise RuntimeError("the state table needs faust's RocksDB store (rocksdb://)")
         keys = []
-        for key in db.keys(from_key=low):
+        for key in db_for_partition(partition).keys(from_key=low):
             if key >= high:
                 break
             keys.append(key)
@@ -319,6 +339,10 @@ class Runtime:
         partition = message.partition
         progress = self._progress(partition)
         progress.tick_sent_at = None
+        source = Position(message.topic, partition, message.offset)
+        committed = self._committed()
+        self._prune_tick_pointers(progress, committed.get((message.topic, partition), -1))
+        await self._resend_tick(source)
         try:
             requested = int(json.loads(message.value)["at"])
         except (ValueError, KeyError, TypeError):
@@ -331,16 +355,48 @@ class Runtime:
         by_customer: dict[str, list[bytes]] = {}
         for key in self.due_keys(partition, until):
             by_customer.setdefault(parse_index_key(key)[2], []).append(key)
-        for customer_id, keys in by_customer.items():
-            for key in keys:
-                del self.deadlines[key]
-            ckey = customer_id.encode()
-            stored = self.customers.get(ckey)
-            if stored is None:
-                continue
-            applied = self.processor.apply(stored, Tick(until), now, partition)
-            await self._store(ckey, applied)
+        customers = sorted(by_customer)
+        for chunk_no, start in enumerate(range(0, len(customers), TICK_CHUNK)):
+            chunk = customers[start : start + TICK_CHUNK]
+            applied = []
+            for customer_id in chunk:
+                stored = self.state.get(customer_key(customer_id))
+                if stored is not None:
+                    applied.append(
+                        (
+                            customer_id,
+                            self.processor.apply(stored, Tick(until), now, source, committed),
+                        )
+                    )
+            touched = [c for c, a in applied if a.outgoing]
+            if touched:  # before the states: so a re-run of this tick finds their outboxes
+                pointer = tick_pointer_prefix(source) + b"%05d" % chunk_no
+                self.state[pointer] = "\n".join(touched).encode()
+                progress.tick_pointers.append((message.offset, pointer))
+            for customer_id, a in applied:
+                await self._store(customer_key(customer_id), a)
+            for customer_id in chunk:  # after the states they refer to
+                for key in by_customer[customer_id]:
+                    del self.state[key]
         self.stats.ticks += 1
+
+    async def _resend_tick(self, source: Position) -> None:
+        """If this tick was processed before a crash, send what it caused again."""
+        prefix = tick_pointer_prefix(source)
+        for pointer in self._scan(source.partition, prefix, prefix + b"\xff"):
+            for customer_id in (self.state.get(pointer) or b"").decode().split("\n"):
+                stored = self.state.get(customer_key(customer_id)) if customer_id else None
+                if stored is not None:
+                    await self._send_all(outputs_for(unpack(stored)[2], source))
+
+    def _prune_tick_pointers(self, progress: PartitionProgress, committed: int) -> None:
+        keep = []
+        for offset, key in progress.tick_pointers:
+            if offset < committed:
+                del self.state[key]
+            else:
+                keep.append((offset, key))
+        progress.tick_pointers = keep
 
     async def _schedule_ticks(self) -> None:
         """Wake up owned partitions that have something due. Runs on every worker, but only
@@ -384,22 +440,23 @@ class Runtime:
             return False, "recovering tables"
         return True, "ready"
 
-    async def _healthz(self, request: Any) -> Any:
-        return self.app.web.json({"status": "alive"})
+    def _register_views(self) -> None:
+        runtime = self
 
-    async def _readyz(self, request: Any) -> Any:
-        ok, why = self.ready()
-        return self.app.web.json(
-            {
-                "status": why,
-                "partitions": sorted(
-                    tp.partition
-                    for tp in self.app.assignor.assigned_actives()
-                    if tp.topic == self.settings.topics.touchpoints
-                ),
-            },
-            status=200 if ok else 503,
-        )
+        async def healthz(view: Any, request: Any) -> Any:
+            return view.json({"status": "alive"})
+
+        async def readyz(view: Any, request: Any) -> Any:
+            ok, why = runtime.ready()
+            partitions = sorted(
+                tp.partition
+                for tp in runtime.app.assignor.assigned_actives()
+                if tp.topic == runtime.settings.topics.touchpoints
+            )
+            return view.json({"status": why, "partitions": partitions}, status=200 if ok else 503)
+
+        self.app.page("/healthz")(healthz)
+        self.app.page("/readyz")(readyz)
 
     async def _on_revoked(
         self, sender: Any, /, *args: Any, signal: Any = None, **kwargs: Any

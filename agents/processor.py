@@ -2,22 +2,31 @@
 engine, and say what to send and what to store. The Faust agent (``agents/app.py``) only moves
 bytes between this and Kafka, so this part is unit-tested directly.
 
-Stored value of a customer (the ``customers`` table): ``b"\\x01"`` + the due time this customer
-is indexed under (8 bytes, big-endian, -1 for none) + the Avro-framed ``CustomerState``. The
-deadline index (the ``deadlines`` table) holds one key per pending wake-up,
-``PPPPP|DDDDDDDDDDDDD|customer`` (partition, due time in ms, customer id), so one partition's due
-entries are a sorted range scan. Index entries are hints: a wake-up that finds nothing due is a
-no-op, so an entry is only written when a customer's next due time moves *earlier* than the
-one it is indexed under (re-arming an inactivity window on every touchpoint costs nothing).
+One table (``state``) holds three kinds of keys, so that all writes of a partition go to one
+changelog partition, in order (what is durable is always a prefix of what was written):
+
+- ``c:<customer>``: the customer's stored value: ``b"\\x01"`` + the due time the customer is
+  indexed under (8 bytes, big-endian, -1 for none) + the length of the state (4 bytes) + the
+  Avro-framed ``CustomerState`` + the outbox (``agents.outbox``) of its recent steps.
+- ``d:PPPPP|DDDDDDDDDDDDD|<customer>``: the deadline index (partition, due time in ms), so one
+  partition's due entries are a sorted range scan. Entries are hints: a wake-up that finds
+  nothing due is a no-op, so one is written only when a customer's next due time moves *earlier*
+  than the one it is indexed under (re-arming an inactivity window on every touchpoint costs
+  nothing), and deleted only after the state it refers to was written.
+- ``t:<topic>|PPPPP|OOOOOOOOOOOOOOOOOOOO|<chunk>``: the customers a tick gave outputs to, written
+  before their states, so reprocessing that tick after a crash finds their outboxes.
 """
 
 from __future__ import annotations
 
 import struct
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from agents.outbox import Entry, Outgoing, Position, outputs_for, prune
+from agents.outbox import decode as decode_outbox
+from agents.outbox import encode as encode_outbox
 from journeys.engine import Engine, Step, Tick
 from journeys.serde import decode_state, encode_state
 from journeys.state import CustomerState
@@ -26,7 +35,7 @@ from percorso.codec import SerializationError
 from percorso.config import Settings
 from percorso.records import InvalidTouchpoint, validate_touchpoint
 
-_ENVELOPE = struct.Struct(">bq")
+_ENVELOPE = struct.Struct(">bqI")
 _ENVELOPE_VERSION = 1
 NO_DUE = -1
 
@@ -36,22 +45,15 @@ INVALID = "InvalidTouchpoint"
 LATE = "LateEvent"
 
 
-@dataclass(frozen=True)
-class Outgoing:
-    topic: str
-    key: bytes | None
-    value: bytes
-    headers: list[tuple[str, bytes]] = field(default_factory=list)
-
-
 @dataclass
 class Applied:
     """The result of one engine step, ready for the agent to store and send."""
 
     step: Step
-    stored: bytes  # the new value of the customer in the customers table
+    stored: bytes  # the new value of the customer in the state table
     outgoing: list[Outgoing]
     index_add: bytes | None  # a deadline-index key to write, if any
+    resend: list[Outgoing]  # what this same message caused before a crash: send it again
 
 
 class Rejected(Exception):
@@ -62,30 +64,43 @@ class Rejected(Exception):
         super().__init__(message)
 
 
+def customer_key(customer_id: str) -> bytes:
+    return b"c:" + customer_id.encode()
+
+
 def index_key(partition: int, due: int, customer_id: str) -> bytes:
-    return b"%05d|%013d|%s" % (partition, max(due, 0), customer_id.encode())
+    return b"d:%05d|%013d|%s" % (partition, max(due, 0), customer_id.encode())
 
 
 def index_range(partition: int, until: int) -> tuple[bytes, bytes]:
-    """Keys of ``partition`` due at or before ``until``: [low, high)."""
-    return b"%05d|" % partition, b"%05d|%013d}" % (partition, max(until, 0))
+    """Index keys of ``partition`` due at or before ``until``: [low, high)."""
+    return b"d:%05d|" % partition, b"d:%05d|%013d}" % (partition, max(until, 0))
 
 
 def parse_index_key(key: bytes) -> tuple[int, int, str]:
-    partition, due, customer = key.split(b"|", 2)
+    partition, due, customer = key[2:].split(b"|", 2)
     return int(partition), int(due), customer.decode()
 
 
-def pack(state: CustomerState, indexed_due: int | None) -> bytes:
-    header = _ENVELOPE.pack(_ENVELOPE_VERSION, NO_DUE if indexed_due is None else indexed_due)
-    return header + encode_state(state)
+def tick_pointer_prefix(source: Position) -> bytes:
+    return b"t:%s|%05d|%020d|" % (source.topic.encode(), source.partition, source.offset)
 
 
-def unpack(stored: bytes) -> tuple[CustomerState, int | None]:
-    version, due = _ENVELOPE.unpack_from(stored)
+def pack(state: CustomerState, indexed_due: int | None, outbox: list[Entry] | None = None) -> bytes:
+    encoded = encode_state(state)
+    header = _ENVELOPE.pack(
+        _ENVELOPE_VERSION, NO_DUE if indexed_due is None else indexed_due, len(encoded)
+    )
+    return header + encoded + (encode_outbox(outbox) if outbox else b"")
+
+
+def unpack(stored: bytes) -> tuple[CustomerState, int | None, list[Entry]]:
+    version, due, size = _ENVELOPE.unpack_from(stored)
     if version != _ENVELOPE_VERSION:
         raise ValueError(f"unknown customer-state envelope version {version}")
-    return decode_state(stored[_ENVELOPE.size :]), None if due == NO_DUE else due
+    start = _ENVELOPE.size
+    state = decode_state(stored[start : start + size])
+    return state, None if due == NO_DUE else due, decode_outbox(stored[start + size :])
 
 
 class Processor:
@@ -114,9 +129,7 @@ class Processor:
         value: bytes | None,
         error_class: str,
         message: str,
-        topic: str,
-        partition: int,
-        offset: int,
+        source: Position,
     ) -> Outgoing:
         """The original bytes, unchanged, with the contract's error headers."""
         return Outgoing(
@@ -126,19 +139,27 @@ class Processor:
             [
                 ("percorso.error.class", error_class.encode()),
                 ("percorso.error.message", message[:4000].encode()),
-                ("percorso.source.topic", topic.encode()),
-                ("percorso.source.partition", str(partition).encode()),
-                ("percorso.source.offset", str(offset).encode()),
+                ("percorso.source.topic", source.topic.encode()),
+                ("percorso.source.partition", str(source.partition).encode()),
+                ("percorso.source.offset", str(source.offset).encode()),
             ],
         )
 
     # -- engine -----------------------------------------------------------------------------
 
     def apply(
-        self, stored: bytes | None, item: Mapping[str, Any] | Tick, now: int, partition: int
+        self,
+        stored: bytes | None,
+        item: Mapping[str, Any] | Tick,
+        now: int,
+        source: Position,
+        committed: Mapping[tuple[str, int], int] | None = None,
     ) -> Applied:
-        """Advance one customer. ``stored`` is its value in the customers table (None: new)."""
-        state, indexed_due = unpack(stored) if stored is not None else (None, None)
+        """Advance one customer. ``stored`` is its value in the state table (None: new);
+        ``source`` is where the message was read; ``committed`` maps (topic, partition) to the
+        committed offset, to prune outbox entries that can no longer be needed."""
+        state, indexed_due, outbox = unpack(stored) if stored is not None else (None, None, [])
+        resend = outputs_for(outbox, source)
         step = self.engine.advance(state, item, now)
         customer_id = step.state["customer_id"]
         if isinstance(item, Tick) and indexed_due is not None and indexed_due <= item.at:
@@ -146,9 +167,14 @@ class Processor:
         index_add = None
         due = step.next_due
         if due is not None and (indexed_due is None or due < indexed_due):
-            index_add = index_key(partition, due, customer_id)
+            index_add = index_key(source.partition, due, customer_id)
             indexed_due = due
-        return Applied(step, pack(step.state, indexed_due), self.outputs(step), index_add)
+        outgoing = self.outputs(step)
+        outbox = prune(outbox, committed or {})
+        if outgoing:
+            outbox = [e for e in outbox if e.source != source]
+            outbox.append(Entry(source, tuple(outgoing)))
+        return Applied(step, pack(step.state, indexed_due, outbox), outgoing, index_add, resend)
 
     def outputs(self, step: Step) -> list[Outgoing]:
         key = step.state["customer_id"].encode()

@@ -339,12 +339,9 @@ class Engine:
         self, step: Step, journey: Journey, previous: JourneyState | None, tp: Mapping[str, Any]
     ) -> JourneyState:
         t = tp["occurred_at"]
+        # `from` restricts moves between stages, not where a customer enters
         first = next(
-            (
-                s
-                for s in journey.stages
-                if s.when is not None and not s.allowed_from and matches(s.when, tp)
-            ),
+            (s for s in journey.stages if s.when is not None and matches(s.when, tp)),
             journey.stages[0],
         )
         js = JourneyState(

@@ -403,11 +403,7 @@ def _duplicates(src: _Source, section: str, ids: list[str]) -> None:
 def _unreachable(j: Journey) -> list[tuple[int, str]]:
     by_id = {s.id: s for s in j.stages}
     gotos = {o.goto for w in j.windows for o in (w.on_timeout, w.on_match) if o.goto}
-    reachable = (
-        {j.stages[0].id}
-        | {s.id for s in j.stages if s.when is not None and not s.allowed_from}
-        | gotos
-    )
+    reachable = {j.stages[0].id} | {s.id for s in j.stages if s.when is not None} | gotos
     changed = True
     while changed:
         changed = False

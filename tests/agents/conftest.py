@@ -230,11 +230,18 @@ class Collector:
                     value["_headers"] = headers
                 self.records[msg.topic()].append(value)
 
-    def until(self, condition: Callable[[], bool], timeout: float, what: str) -> None:
+    def until(
+        self,
+        condition: Callable[[], bool],
+        timeout: float,
+        what: str,
+        explain: Callable[[], str] | None = None,
+    ) -> None:
         deadline = time.monotonic() + timeout
         while not condition():
             if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+                detail = f": {explain()}" if explain is not None else ""
+                raise AssertionError(f"timed out after {timeout} s waiting for {what}{detail}")
             self.poll(0.3)
 
     def close(self) -> None:

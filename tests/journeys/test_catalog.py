@@ -41,6 +41,11 @@ class TestLifecycle:
             "advocacy",
         ]
 
+    def test_a_first_cart_enters_in_consideration(self, customer: Customer) -> None:
+        customer.does("cart_add")  # `from: [awareness]` restricts moves, not the entry stage
+        customer.wait(minutes=5).does("page_view")
+        assert customer.stages("lifecycle") == ["consideration"]
+
     def test_a_first_purchase_skips_straight_to_purchase(self, customer: Customer) -> None:
         customer.does("purchase", channel="store")
         assert customer.stages("lifecycle") == ["purchase"]

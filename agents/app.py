@@ -23,18 +23,22 @@ backlog, no window fires before the touchpoints that could cancel it have been p
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, cast
 
 import faust
 from aiokafka.partitioner import murmur2
 from faust.types import TP
 from mode import CrashingSupervisor
+from prometheus_client import CollectorRegistry
 
+from agents.metrics import CONTENT_TYPE, Metrics
 from agents.outbox import Outgoing, Position, outputs_for
 from agents.processor import (
     LATE,
@@ -44,11 +48,13 @@ from agents.processor import (
     customer_key,
     index_range,
     parse_index_key,
+    stages_of,
     tick_pointer_prefix,
     unpack,
 )
 from journeys.engine import Engine, Tick
 from journeys.model import Catalog
+from journeys.vocabulary import STANDARD_CHANNELS
 from percorso.broker import BrokerProfile
 from percorso.clients import Codecs
 from percorso.config import Settings
@@ -57,6 +63,8 @@ log = logging.getLogger("percorso.agents")
 
 RAW: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
 TICK_CHUNK = 500  # customers per tick pointer
+OBSERVE_INTERVAL_S = 5.0
+CENSUS_INTERVAL_S = 30.0
 
 
 def now_ms() -> int:
@@ -97,6 +105,7 @@ class Runtime:
         catalog: Catalog,
         options: RuntimeOptions,
         codecs: Codecs | None = None,
+        registry: CollectorRegistry | None = None,
     ) -> None:
         self.settings = settings
         self.profile = profile
@@ -104,7 +113,8 @@ class Runtime:
         self.codecs = codecs or Codecs.from_settings(settings)
         self.processor = Processor(settings, Engine(catalog), self.codecs)
         self.progress: dict[int, PartitionProgress] = {}
-        self.stats = RuntimeStats()
+        self.latest_event_ms = 0
+        self.metrics = Metrics(registry, channels=STANDARD_CHANNELS | catalog.channels())
         self.app = self._create_app()
         n = options.partitions
         t = settings.topics
@@ -126,6 +136,8 @@ class Runtime:
         self.app.timer(interval=options.tick_interval_s, name="schedule_ticks")(
             self._schedule_ticks
         )
+        self.app.timer(interval=OBSERVE_INTERVAL_S, name="observe")(self._observe)
+        self.app.timer(interval=CENSUS_INTERVAL_S, name="census")(self._census)
         self.app.on_partitions_revoked.connect(self._on_revoked)
         self.app.on_partitions_assigned.connect(self._on_assigned)
         self.assigned_once = False
@@ -153,6 +165,7 @@ class Runtime:
             broker_rebalance_timeout=p.rebalance_timeout_s,
             broker_heartbeat_interval=p.heartbeat_interval_s,
             recovery_consistency_check=p.recovery_consistency_check,
+            consumer_group_instance_id=s.group_instance_id,
             producer_linger=0.02,
             web_enabled=True,
             web_port=s.web_port,
@@ -209,13 +222,17 @@ class Runtime:
     # -- the agent --------------------------------------------------------------------------
 
     async def _orchestrate(self, stream: faust.StreamT) -> None:
+        processing = self.metrics.processing
         async for event in stream.events():
+            started = time.perf_counter()
             message = event.message
             now = now_ms()
             if message.topic == self.ticks_name:
                 await self._on_tick(message, now)
             else:
                 await self._on_touchpoint(message, now)
+            processing.observe(time.perf_counter() - started)
+            self.metrics.last_processed.set(now / 1000)
 
     def _progress(self, partition: int) -> PartitionProgress:
         progress = self.progress.get(partition)
@@ -236,12 +253,14 @@ class Runtime:
         progress = self._progress(message.partition)
         progress.next_offset[message.topic] = message.offset + 1
         source = Position(message.topic, message.partition, message.offset)
-        self.stats.consumed += 1
+        metrics = self.metrics
         try:
             touchpoint = self.processor.decode(message.value)
         except Rejected as rejected:
+            metrics.touchpoints.labels("other", "rejected").inc()
             await self._dead_letter(message, source, rejected.error_class, str(rejected))
             return
+        channel = touchpoint["channel"]
         customer_id = touchpoint["customer_id"]
         if message.topic == self.settings.topics.touchpoints and (
             message.key is None or message.key != customer_id.encode()
@@ -253,7 +272,7 @@ class Runtime:
                 partition=partition,
                 headers=list(message.headers or []) or None,
             )
-            self.stats.repartitioned += 1
+            metrics.touchpoint(channel, "repartitioned")
             return
         t = touchpoint["occurred_at"]
         progress.watermark = t if progress.watermark is None else max(progress.watermark, t)
@@ -263,6 +282,7 @@ class Runtime:
         )
         await self._send_all(applied.resend)  # a crash lost them last time: send again
         outcome = applied.step.outcome
+        metrics.touchpoint(channel, outcome)
         if outcome == "late":
             await self._dead_letter(
                 message,
@@ -272,19 +292,22 @@ class Runtime:
                 f"event time minus the allowed lateness",
             )
             return
-        if outcome == "duplicate":
-            self.stats.duplicates += 1
+        if t > self.latest_event_ms:
+            self.latest_event_ms = t
+            metrics.last_event.set(t / 1000)
         # A duplicate is stored again too: after a crash the local RocksDB may be ahead of the
         # changelog, and this write is what brings the changelog up to date.
-        await self._store(key, applied)
+        await self._store(key, applied, now, touchpoint)
 
-    async def _store(self, key: bytes, applied: Applied) -> None:
+    async def _store(
+        self, key: bytes, applied: Applied, now: int, touchpoint: dict[str, Any] | None = None
+    ) -> None:
         """Send, then write the state (its outbox holds what was sent), then index it."""
         await self._send_all(applied.outgoing)
         self.state[key] = applied.stored
         if applied.index_add is not None:
             self.state[applied.index_add] = b""
-        self.stats.observe(applied.step)
+        self.metrics.observe_step(applied.step, now, touchpoint)
 
     async def _dead_letter(
         self, message: Any, source: Position, error_class: str, reason: str
@@ -292,7 +315,7 @@ class Runtime:
         await self._send(
             self.processor.dead_letter(message.key, message.value, error_class, reason, source)
         )
-        self.stats.dead_letters += 1
+        self.metrics.dead_letters.labels(error_class).inc()
 
     # -- windows ----------------------------------------------------------------------------
 
@@ -322,14 +345,17 @@ class Runtime:
         low, high = index_range(partition, until)
         return self._scan(partition, low, high)
 
-    def _scan(self, partition: int, low: bytes, high: bytes) -> list[bytes]:
-        """Keys in [low, high) of one partition: a sorted range scan of its RocksDB."""
-        # faust's RocksDB store keeps one database per partition
+    def _partition_db(self, partition: int) -> Any:
+        """The RocksDB database of one partition (faust's store keeps one per partition)."""
         db_for_partition = getattr(self.state.data, "_db_for_partition", None)
         if db_for_partition is None:
             raise RuntimeError("the state table needs faust's RocksDB store (rocksdb://)")
+        return db_for_partition(partition)
+
+    def _scan(self, partition: int, low: bytes, high: bytes) -> list[bytes]:
+        """Keys in [low, high) of one partition: a sorted range scan of its RocksDB."""
         keys = []
-        for key in db_for_partition(partition).keys(from_key=low):
+        for key in self._partition_db(partition).keys(from_key=low):
             if key >= high:
                 break
             keys.append(key)
@@ -374,11 +400,11 @@ class Runtime:
                 self.state[pointer] = "\n".join(touched).encode()
                 progress.tick_pointers.append((message.offset, pointer))
             for customer_id, a in applied:
-                await self._store(customer_key(customer_id), a)
+                await self._store(customer_key(customer_id), a, now)
             for customer_id in chunk:  # after the states they refer to
                 for key in by_customer[customer_id]:
                     del self.state[key]
-        self.stats.ticks += 1
+        self.metrics.ticks.inc()
 
     async def _resend_tick(self, source: Position) -> None:
         """If this tick was processed before a crash, send what it caused again."""
@@ -423,10 +449,85 @@ class Runtime:
                 key=b"tick", value=json.dumps({"at": until}).encode(), partition=tp.partition
             )
 
+    def _owned(self) -> list[int]:
+        return sorted(
+            tp.partition
+            for tp in self.app.assignor.assigned_actives()
+            if tp.topic == self.settings.topics.touchpoints
+        )
+
+    async def _observe(self) -> None:
+        """Gauges SREs alert on: lag, overdue wake-ups, recovery, readiness."""
+        m = self.metrics
+        now = now_ms()
+        owned = self._owned()
+        m.assigned_partitions.set(len(owned))
+        m.ready.set(1 if self.ready()[0] else 0)
+        recovery = getattr(self.app.tables, "recovery", None)
+        if recovery is not None:
+            m.recovery_remaining.set(recovery.active_remaining_total())
+        m.lag.clear()
+        m.lag_seconds.clear()
+        oldest: int | None = None
+        for partition in owned:
+            progress = self._progress(partition)
+            backlog = 0
+            for topic in (self.settings.topics.touchpoints, self.repartition_name):
+                tp = TP(topic, partition)
+                highwater = self.app.consumer.highwater(tp)
+                position = progress.next_offset.get(topic)
+                if position is None:
+                    position = getattr(self.app.consumer, "_committed_offset", {}).get(tp) or 0
+                if highwater is not None and highwater > position:
+                    backlog += highwater - position
+            m.lag.labels(str(partition)).set(backlog)
+            behind = now - progress.watermark if backlog and progress.watermark else 0
+            m.lag_seconds.labels(str(partition)).set(max(0, behind) / 1000)
+            try:
+                first = self._scan(partition, *index_range(partition, now))[:1]
+            except Exception:  # not open yet (recovery)
+                continue
+            if first:
+                due = parse_index_key(first[0])[1]
+                oldest = due if oldest is None else min(oldest, due)
+        grace = 2 * self.options.tick_interval_s * 1000 + self.options.window_grace_ms
+        overdue = now - oldest - grace if oldest is not None else 0
+        m.windows_overdue.set(max(0, overdue) / 1000)
+
+    async def _census(self) -> None:
+        """Customers per journey stage and pending wake-ups, recounted from the stored headers
+        of the partitions this worker owns; yields to the event loop as it goes."""
+        counts: dict[tuple[str, str], int] = {}
+        pending = 0
+        for partition in self._owned():
+            try:
+                db = self._partition_db(partition)
+            except Exception:
+                continue
+            for seen, (key, value) in enumerate(db.items(from_key=b"c:"), start=1):
+                if not key.startswith(b"c:"):
+                    break
+                for pair in stages_of(value):
+                    counts[pair] = counts.get(pair, 0) + 1
+                if seen % 2000 == 0:
+                    await asyncio.sleep(0)
+            low, high = index_range(partition, 2**62)
+            for key in db.keys(from_key=low):
+                if key >= high:
+                    break
+                pending += 1
+        self.metrics.census(counts)
+        self.metrics.windows_pending.set(pending)
+        data = Path(self.settings.data_dir)
+        self.metrics.state_bytes.set(
+            sum(f.stat().st_size for f in data.rglob("*") if f.is_file()) if data.exists() else 0
+        )
+
     async def _on_assigned(
         self, sender: Any, /, *args: Any, signal: Any = None, **kwargs: Any
     ) -> None:
         self.assigned_once = True
+        self.metrics.rebalances.inc()
 
     def ready(self) -> tuple[bool, str]:
         """Ready: partitions assigned (possibly none, when there are more workers than
@@ -455,6 +556,11 @@ class Runtime:
             )
             return view.json({"status": why, "partitions": partitions}, status=200 if ok else 503)
 
+        async def metrics(view: Any, request: Any) -> Any:
+            # aiohttp refuses a charset inside content_type: set the header itself
+            return view.bytes(runtime.metrics.exposition(), headers={"Content-Type": CONTENT_TYPE})
+
+        self.app.page("/metrics")(metrics)
         self.app.page("/healthz")(healthz)
         self.app.page("/readyz")(readyz)
 
@@ -464,18 +570,3 @@ class Runtime:
         revoked = args[0] if args else kwargs.get("revoked", ())
         for tp in revoked:
             self.progress.pop(tp.partition, None)
-
-
-@dataclass
-class RuntimeStats:
-    consumed: int = 0
-    dead_letters: int = 0
-    duplicates: int = 0
-    repartitioned: int = 0
-    ticks: int = 0
-    transitions: int = 0
-    actions: int = 0
-
-    def observe(self, step: Any) -> None:
-        self.transitions += len(step.transitions)
-        self.actions += len(step.actions)

@@ -6,8 +6,10 @@ One table (``state``) holds three kinds of keys, so that all writes of a partiti
 changelog partition, in order (what is durable is always a prefix of what was written):
 
 - ``c:<customer>``: the customer's stored value: ``b"\\x01"`` + the due time the customer is
-  indexed under (8 bytes, big-endian, -1 for none) + the length of the state (4 bytes) + the
-  Avro-framed ``CustomerState`` + the outbox (``agents.outbox``) of its recent steps.
+  indexed under (8 bytes, big-endian, -1 for none) + the lengths of the stage summary and of the
+  state (4 bytes each) + the stage summary (``journey=stage`` of active journeys, for the
+  stage census without decoding Avro) + the Avro-framed ``CustomerState`` + the outbox
+  (``agents.outbox``) of its recent steps.
 - ``d:PPPPP|DDDDDDDDDDDDD|<customer>``: the deadline index (partition, due time in ms), so one
   partition's due entries are a sorted range scan. Entries are hints: a wake-up that finds
   nothing due is a no-op, so one is written only when a customer's next due time moves *earlier*
@@ -35,7 +37,7 @@ from percorso.codec import SerializationError
 from percorso.config import Settings
 from percorso.records import InvalidTouchpoint, validate_touchpoint
 
-_ENVELOPE = struct.Struct(">bqI")
+_ENVELOPE = struct.Struct(">bqII")
 _ENVELOPE_VERSION = 1
 NO_DUE = -1
 
@@ -88,19 +90,31 @@ def tick_pointer_prefix(source: Position) -> bytes:
 
 def pack(state: CustomerState, indexed_due: int | None, outbox: list[Entry] | None = None) -> bytes:
     encoded = encode_state(state)
-    header = _ENVELOPE.pack(
-        _ENVELOPE_VERSION, NO_DUE if indexed_due is None else indexed_due, len(encoded)
-    )
-    return header + encoded + (encode_outbox(outbox) if outbox else b"")
+    stages = "\x1f".join(
+        f"{jid}={js['stage']}"
+        for jid, js in sorted(state["journeys"].items())
+        if js["active"] and js["stage"] is not None
+    ).encode()
+    due = NO_DUE if indexed_due is None else indexed_due
+    header = _ENVELOPE.pack(_ENVELOPE_VERSION, due, len(stages), len(encoded))
+    return header + stages + encoded + (encode_outbox(outbox) if outbox else b"")
 
 
 def unpack(stored: bytes) -> tuple[CustomerState, int | None, list[Entry]]:
-    version, due, size = _ENVELOPE.unpack_from(stored)
+    version, due, stages_size, size = _ENVELOPE.unpack_from(stored)
     if version != _ENVELOPE_VERSION:
         raise ValueError(f"unknown customer-state envelope version {version}")
-    start = _ENVELOPE.size
+    start = _ENVELOPE.size + stages_size
     state = decode_state(stored[start : start + size])
     return state, None if due == NO_DUE else due, decode_outbox(stored[start + size :])
+
+
+def stages_of(stored: bytes) -> list[tuple[str, str]]:
+    """(journey, stage) of the customer's active journeys, from the header alone."""
+    _, _, stages_size, _ = _ENVELOPE.unpack_from(stored)
+    blob = stored[_ENVELOPE.size : _ENVELOPE.size + stages_size].decode()
+    pairs = [item.split("=", 1) for item in blob.split("\x1f") if item]
+    return [(journey, stage) for journey, stage in pairs]
 
 
 class Processor:

@@ -91,6 +91,7 @@ class Step:
     windows_armed: int = 0
     windows_fired: int = 0
     windows_cancelled: int = 0
+    fired_at: list[int] = field(default_factory=list)  # deadlines of the windows that fired
     next_due: int | None = None
 
 
@@ -447,6 +448,7 @@ class Engine:
                 w = next(x for x in js["windows"] if x["key"] == key)
                 js["windows"].remove(w)
                 step.windows_fired += 1
+                step.fired_at.append(at)
                 definition = self._windows[journey_id][w["window"]]
                 candidates: list[_Candidate] = []
                 self._outcome(

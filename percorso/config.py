@@ -62,6 +62,7 @@ class Settings:
     action_channels: tuple[str, ...] = DEFAULT_ACTION_CHANNELS
     security: KafkaSecurity = KafkaSecurity()
     broker_profile: str = "production"
+    group_instance_id: str | None = None  # static membership (e.g. the pod name)
     tick_interval_s: float = 1.0
     window_grace_ms: int = 0
     time_scale: float = 1.0  # >1 compresses every journey duration (the demo only)
@@ -106,6 +107,7 @@ class Settings:
             else base.action_channels,
             security=security,
             broker_profile=e.get("PERCORSO_BROKER_PROFILE", base.broker_profile),
+            group_instance_id=e.get("PERCORSO_GROUP_INSTANCE_ID") or None,
             tick_interval_s=float(e.get("PERCORSO_TICK_INTERVAL", base.tick_interval_s)),
             window_grace_ms=int(e.get("PERCORSO_WINDOW_GRACE_MS", base.window_grace_ms)),
             time_scale=float(e.get("PERCORSO_TIME_SCALE", base.time_scale)),

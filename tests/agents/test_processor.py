@@ -16,6 +16,7 @@ from agents.processor import (
     index_range,
     pack,
     parse_index_key,
+    stages_of,
     unpack,
 )
 from journeys.engine import Engine, Tick
@@ -132,6 +133,7 @@ def test_envelope_round_trip() -> None:
     state, due, outbox = unpack(step.stored)
     assert pack(state, due, outbox) == step.stored
     assert step.stored[:1] == b"\x01" and struct.unpack(">q", step.stored[1:9])[0] == due
+    assert stages_of(step.stored) == [("cart_recovery", "carted"), ("lifecycle", "consideration")]
 
 
 blobs = st.binary(max_size=40)

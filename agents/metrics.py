@@ -1,0 +1,231 @@
+"""Prometheus metrics of a worker, in one place.
+
+The registry is injected (tests use a fresh one). Names start with ``percorso_``, use base units
+(seconds, bytes), counters end in ``_total``, and labels only take values from bounded sets:
+journeys, stages, actions and channels of the catalog, reasons and outcomes of the code,
+partition numbers. A touchpoint channel outside the catalog's vocabulary is counted as
+``other``; customer ids are never labels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
+
+from journeys.engine import Step
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+disable_created_metrics()  # *_created series double the output and nobody alerts on them
+
+LATENCY_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+)
+PROCESSING_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    1.0,
+)
+
+
+class Metrics:
+    def __init__(
+        self, registry: CollectorRegistry | None = None, channels: Iterable[str] = ()
+    ) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.channels = frozenset(channels)
+        r = self.registry
+        ProcessCollector(registry=r)  # process_resident_memory_bytes, cpu, open fds
+        self.touchpoints = Counter(
+            "percorso_touchpoints_total",
+            "Touchpoints consumed, by channel and outcome "
+            "(processed, duplicate, late, rejected, repartitioned).",
+            ["channel", "outcome"],
+            registry=r,
+        )
+        self.dead_letters = Counter(
+            "percorso_dead_letters_total",
+            "Records sent to the dead-letter topic, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.transitions = Counter(
+            "percorso_stage_transitions_total",
+            "Stage transitions, by journey and stages (from_stage none: entry).",
+            ["journey", "from_stage", "to_stage"],
+            registry=r,
+        )
+        self.actions = Counter(
+            "percorso_actions_total",
+            "Actions emitted.",
+            ["journey", "action", "channel"],
+            registry=r,
+        )
+        self.suppressed = Counter(
+            "percorso_actions_suppressed_total",
+            "Actions a policy stopped (cap, consent, "
+            "suppression, arbitration, holdout, experiment, expired).",
+            ["journey", "action", "reason"],
+            registry=r,
+        )
+        self.deferred = Counter(
+            "percorso_actions_deferred_total",
+            "Actions deferred to the end of quiet hours.",
+            registry=r,
+        )
+        self.windows = Counter(
+            "percorso_windows_total",
+            "Window events: armed, fired, cancelled.",
+            ["event"],
+            registry=r,
+        )
+        self.windows_pending = Gauge(
+            "percorso_windows_pending",
+            "Customers with a pending wake-up (window, deferral or "
+            "inactivity) in the deadline index of the partitions this worker owns.",
+            registry=r,
+        )
+        self.windows_overdue = Gauge(
+            "percorso_windows_overdue_seconds",
+            "How long the oldest due wake-up of this "
+            "worker's partitions has been waiting (0 when none is overdue).",
+            registry=r,
+        )
+        self.event_to_action = Histogram(
+            "percorso_event_to_action_seconds",
+            "From a touchpoint's event time to the action it caused.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.window_lateness = Histogram(
+            "percorso_window_lateness_seconds",
+            "From a window's deadline to when it fired.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.processing = Histogram(
+            "percorso_event_processing_seconds",
+            "Time to process one record in the agent.",
+            buckets=PROCESSING_BUCKETS,
+            registry=r,
+        )
+        self.last_event = Gauge(
+            "percorso_last_event_timestamp_seconds",
+            "Event time of the latest processed touchpoint.",
+            registry=r,
+        )
+        self.last_processed = Gauge(
+            "percorso_last_processed_timestamp_seconds",
+            "Wall-clock time the latest record was processed.",
+            registry=r,
+        )
+        self.lag = Gauge(
+            "percorso_consumer_lag_messages",
+            "Records of the input not yet processed, by partition.",
+            ["partition"],
+            registry=r,
+        )
+        self.lag_seconds = Gauge(
+            "percorso_consumer_lag_seconds",
+            "How far behind the wall clock the processed "
+            "event time is while a partition has a backlog (0 when caught up).",
+            ["partition"],
+            registry=r,
+        )
+        self.recovery_remaining = Gauge(
+            "percorso_table_recovery_remaining_messages",
+            "Changelog records still to restore before this worker's partitions are ready.",
+            registry=r,
+        )
+        self.rebalances = Counter(
+            "percorso_rebalances_total",
+            "Partition assignments this worker went through.",
+            registry=r,
+        )
+        self.assigned_partitions = Gauge(
+            "percorso_assigned_partitions", "Input partitions this worker owns.", registry=r
+        )
+        self.ready = Gauge(
+            "percorso_ready",
+            "1 when partitions are assigned and recovery has finished.",
+            registry=r,
+        )
+        self.customers_in_stage = Gauge(
+            "percorso_customers_in_stage",
+            "Customers currently in each stage, in this "
+            "worker's partitions (recounted periodically).",
+            ["journey", "stage"],
+            registry=r,
+        )
+        self.state_bytes = Gauge(
+            "percorso_state_bytes", "Size of this worker's RocksDB state on disk.", registry=r
+        )
+        self.ticks = Counter("percorso_ticks_total", "Wake-up ticks processed.", registry=r)
+
+    def channel(self, name: str) -> str:
+        return name if name in self.channels else "other"
+
+    def touchpoint(self, channel: str, outcome: str) -> None:
+        self.touchpoints.labels(self.channel(channel), outcome).inc()
+
+    def observe_step(self, step: Step, now_ms: int, touchpoint: dict[str, Any] | None) -> None:
+        """Everything one engine step tells: transitions, actions, policies, windows."""
+        for t in step.transitions:
+            self.transitions.labels(t["journey_id"], t["from_stage"] or "none", t["to_stage"]).inc()
+        for a in step.actions:
+            self.actions.labels(a["journey_id"], a["action"], a["channel"]).inc()
+            if touchpoint is not None and a["trigger_kind"] == "event":
+                self.event_to_action.observe(max(0, now_ms - touchpoint["occurred_at"]) / 1000)
+        for s in step.suppressed:
+            self.suppressed.labels(s.journey_id, s.action, s.reason).inc()
+        if step.deferred:
+            self.deferred.inc(step.deferred)
+        if step.windows_armed:
+            self.windows.labels("armed").inc(step.windows_armed)
+        if step.windows_cancelled:
+            self.windows.labels("cancelled").inc(step.windows_cancelled)
+        if step.windows_fired:
+            self.windows.labels("fired").inc(step.windows_fired)
+        for deadline in step.fired_at:
+            self.window_lateness.observe(max(0, now_ms - deadline) / 1000)
+
+    def census(self, counts: dict[tuple[str, str], int]) -> None:
+        self.customers_in_stage.clear()
+        for (journey, stage), n in counts.items():
+            self.customers_in_stage.labels(journey, stage).set(n)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,731 @@
+"""``make bench``: Percorso's speed against baselines measured in the same run.
+
+Scenarios (all on the embedded broker, or KAFKA_BOOTSTRAP_SERVERS):
+  throughput  Percorso with the shipped journeys vs. a trivial Faust agent, a Faust agent with
+              one table write per event, Quix Streams per-key state, a raw aiokafka consumer,
+              and the pure engine without Kafka: the same events, the same broker.
+  latency     event->action and event->transition percentiles at 25/50/75% of the max rate.
+  lateness    fire time - deadline over many armed windows spread over time.
+  recovery    SIGKILL a worker holding many customers: time to ready, with and without its
+              local RocksDB; RSS and state bytes per customer.
+  scaling     1 vs 2 workers on the same input.
+
+``python -m bench --quick`` uses small sizes (minutes); without it, the sizes of the
+performance targets (much longer). Results: a table on stdout and bench/results/<date>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from contextlib import ExitStack
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from percorso import clients
+from percorso.broker import Broker, free_port, kafka_broker
+from percorso.config import Settings, TopicNames
+from percorso.synthetic import SyntheticTraffic
+from percorso.topics import ensure_topics, percorso_topics
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench" / "results"
+QUIX_VENV = REPO / "bench" / ".quix-venv"
+DAY = 86_400_000
+
+
+@dataclass(frozen=True)
+class Sizes:
+    events: int
+    customers: int
+    latency_seconds: float
+    windows: int
+    window_spread_s: float
+    recovery_customers: int
+
+
+QUICK = Sizes(
+    events=30_000,
+    customers=8_000,
+    latency_seconds=15,
+    windows=10_000,
+    window_spread_s=20,
+    recovery_customers=20_000,
+)
+FULL = Sizes(
+    events=200_000,
+    customers=50_000,
+    latency_seconds=30,
+    windows=1_000_000,
+    window_spread_s=60,
+    recovery_customers=1_000_000,
+)
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+# -- plumbing ---------------------------------------------------------------------------------
+
+
+class Run:
+    """One benchmark run: a broker, a scratch folder, unique names."""
+
+    def __init__(self, broker: Broker, scratch: Path) -> None:
+        self.broker = broker
+        self.scratch = scratch
+        self.counter = 0
+
+    def name(self, prefix: str) -> str:
+        self.counter += 1
+        return f"bench-{prefix}-{os.getpid()}-{self.counter}"
+
+    def settings(self, partitions: int = 8) -> Settings:
+        app = self.name("app")
+        return Settings(
+            bootstrap_servers=self.broker.bootstrap_servers,
+            app_id=app,
+            data_dir=self.scratch / app,
+            partitions=partitions,
+            replication_factor=1,
+            web_port=free_port(),
+            topics=TopicNames(
+                touchpoints=f"{app}-touchpoints",
+                actions_prefix=f"{app}-actions.",
+                transitions=f"{app}-transitions",
+                dlq=f"{app}-dlq",
+            ),
+        )
+
+    def produce(
+        self, settings: Settings, records: list[tuple[bytes, bytes]], rate: float | None = None
+    ) -> float:
+        ensure_topics(clients.admin(settings), percorso_topics(settings))
+        producer = clients.producer(
+            settings,
+            **{"linger.ms": 50, "batch.size": 1_000_000, "queue.buffering.max.messages": 2_000_000},
+        )
+        started = time.monotonic()
+        for n, (key, value) in enumerate(records):
+            if rate:
+                ahead = started + n / rate - time.monotonic()
+                if ahead > 0:
+                    time.sleep(ahead)
+            while True:
+                try:
+                    producer.produce(settings.topics.touchpoints, key=key, value=value)
+                    break
+                except BufferError:
+                    producer.poll(0.05)
+            if n % 10_000 == 0:
+                producer.poll(0)
+        assert producer.flush(120) == 0
+        return time.monotonic() - started
+
+    def worker_env(self, settings: Settings, **extra: str) -> dict[str, str]:
+        t = settings.topics
+        return {
+            **os.environ,
+            "KAFKA_BOOTSTRAP_SERVERS": self.broker.bootstrap_servers,
+            "PERCORSO_BROKER_PROFILE": self.broker.profile.name,
+            "PERCORSO_APP_ID": settings.app_id,
+            "PERCORSO_DATA_DIR": str(settings.data_dir),
+            "PERCORSO_WEB_PORT": str(settings.web_port),
+            "PERCORSO_PARTITIONS": str(settings.partitions),
+            "PERCORSO_REPLICATION_FACTOR": "1",
+            "PERCORSO_TOPIC_TOUCHPOINTS": t.touchpoints,
+            "PERCORSO_TOPIC_ACTIONS_PREFIX": t.actions_prefix,
+            "PERCORSO_TOPIC_TRANSITIONS": t.transitions,
+            "PERCORSO_TOPIC_DLQ": t.dlq,
+            "PERCORSO_TICK_INTERVAL": "0.25",
+            **extra,
+        }
+
+
+class Worker:
+    def __init__(self, run: Run, settings: Settings, **env: str) -> None:
+        self.settings = settings
+        self.url = f"http://127.0.0.1:{settings.web_port}"
+        self.log_path = run.scratch / f"{settings.app_id}-{settings.web_port}.log"
+        self.env = run.worker_env(settings, **env)
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Worker:
+        with self.log_path.open("ab") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "percorso.cli", "worker"],
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=REPO,
+            )
+        return self
+
+    def wait_ready(self, timeout: float = 900) -> float:
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise RuntimeError(f"worker exited; see {self.log_path}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/readyz", timeout=1) as response:
+                    if response.status == 200:
+                        return time.monotonic() - started
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"worker not ready in {timeout} s; see {self.log_path}")
+
+    def metric(self, name: str) -> float:
+        with urllib.request.urlopen(f"{self.url}/metrics", timeout=5) as response:
+            text = response.read().decode()
+        total = 0.0
+        for line in text.splitlines():
+            if line.startswith(name) and (line[len(name)] in "{ "):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+    def kill(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait()
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+def processed_rate(workers: list[Worker], target: int, timeout: float = 3600) -> dict[str, Any]:
+    """Poll the workers' counters: events/s from the first processed record to the target."""
+    first_t = first_n = None
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        n = sum(w.metric("percorso_touchpoints_total") for w in workers)
+        now = time.monotonic()
+        if first_t is None and n > 0:
+            first_t, first_n = now, n
+        if n >= target and first_t is not None:
+            elapsed = max(1e-6, now - first_t)
+            return {
+                "events": int(n),
+                "seconds": round(elapsed, 2),
+                "events_per_s": round((n - (first_n or 0)) / elapsed, 1),
+            }
+        time.sleep(0.2)
+    raise RuntimeError(f"only {n} of {target} processed in {timeout} s")
+
+
+def run_baseline(command: list[str], env: dict[str, str], timeout: float = 3600) -> dict[str, Any]:
+    out = subprocess.run(
+        command, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO, check=False
+    )
+    match = re.search(r"BENCH n=(\d+) first=([\d.]+) last=([\d.]+)", out.stdout)
+    if not match:
+        raise RuntimeError(f"{command[-1]} gave no result: {out.stdout[-500:]}{out.stderr[-2000:]}")
+    n, first, last = int(match[1]), float(match[2]), float(match[3])
+    return {
+        "events": n,
+        "seconds": round(last - first, 2),
+        "events_per_s": round(n / max(1e-6, last - first), 1),
+    }
+
+
+def quix_python() -> str | None:
+    python = QUIX_VENV / "bin" / "python"
+    if not python.exists():
+        log("creating the Quix Streams virtualenv (bench only) ...")
+        subprocess.run([sys.executable, "-m", "venv", str(QUIX_VENV)], check=True)
+        install = subprocess.run(
+            [str(python), "-m", "pip", "install", "-q", "quixstreams==3.28.1"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if install.returncode != 0:
+            log(f"Quix Streams unavailable: {install.stderr[-300:]}")
+            shutil.rmtree(QUIX_VENV, ignore_errors=True)
+            return None
+    return str(python)
+
+
+# -- scenarios ---------------------------------------------------------------------------------
+
+
+def synthetic_records(
+    settings: Settings, events: int, customers: int, span_ms: int, start_ms: int
+) -> tuple[list[dict[str, Any]], list[tuple[bytes, bytes]]]:
+    codec = clients.Codecs.from_settings(settings).touchpoint
+    traffic = SyntheticTraffic(customers, seed=1, start_ms=start_ms, rate=events / (span_ms / 1000))
+    touchpoints = traffic.take(events)
+    return touchpoints, [(t["customer_id"].encode(), codec.encode(t)) for t in touchpoints]
+
+
+def throughput(run: Run, sizes: Sizes, with_quix: bool) -> dict[str, Any]:
+    settings = run.settings()
+    start = int(time.time() * 1000) - 30 * DAY
+    _touchpoints, records = synthetic_records(
+        settings, sizes.events, sizes.customers, 7 * DAY, start
+    )
+    log(f"throughput: producing {len(records)} touchpoints of {sizes.customers} customers")
+    run.produce(settings, records)
+    results: dict[str, Any] = {}
+
+    from journeys.engine import Engine, Tick
+    from journeys.loader import load_catalog
+
+    engine = Engine(load_catalog(settings.journeys_dir))
+    codec = clients.Codecs.from_settings(settings).touchpoint
+    states: dict[str, Any] = {}
+    began = time.perf_counter()
+    for _, value in records:  # decode + engine, as the worker does, without Kafka
+        tp = codec.decode(value)
+        step = engine.advance(states.get(tp["customer_id"]), tp)
+        states[tp["customer_id"]] = step.state
+    for state in states.values():
+        engine.advance(state, Tick(start + 8 * DAY))
+    elapsed = time.perf_counter() - began
+    results["pure engine (no Kafka)"] = {
+        "events": len(records),
+        "seconds": round(elapsed, 2),
+        "events_per_s": round(len(records) / elapsed, 1),
+    }
+    log(f"  pure engine: {results['pure engine (no Kafka)']['events_per_s']}/s")
+
+    base_env = {
+        **os.environ,
+        "BENCH_BROKER": run.broker.bootstrap_servers,
+        "BENCH_TOPIC": settings.topics.touchpoints,
+        "BENCH_TARGET": str(len(records)),
+        "BENCH_PARTITIONS": str(settings.partitions),
+    }
+    for label, command in (
+        ("raw aiokafka consumer", [sys.executable, "-m", "bench.baselines.aiokafka_raw"]),
+        (
+            "Faust trivial count",
+            [sys.executable, "-m", "bench.baselines.faust_app", "count", "worker"],
+        ),
+        (
+            "Faust one table write/event",
+            [sys.executable, "-m", "bench.baselines.faust_app", "table", "worker"],
+        ),
+    ):
+        app_id = run.name("baseline")
+        env = {**base_env, "BENCH_APP_ID": app_id, "BENCH_DATA": str(run.scratch / app_id)}
+        results[label] = run_baseline(command, env)
+        log(f"  {label}: {results[label]['events_per_s']}/s")
+    if with_quix and (python := quix_python()):
+        app_id = run.name("quix")
+        env = {**base_env, "BENCH_APP_ID": app_id, "BENCH_DATA": str(run.scratch / app_id)}
+        try:
+            results["Quix Streams per-key state"] = run_baseline(
+                [python, str(REPO / "bench" / "baselines" / "quix_count.py")], env
+            )
+            log(f"  Quix: {results['Quix Streams per-key state']['events_per_s']}/s")
+        except RuntimeError as exc:
+            results["Quix Streams per-key state"] = {"error": str(exc)[-300:]}
+
+    worker = Worker(run, settings).start()
+    try:
+        worker.wait_ready()
+        results["Percorso (shipped journeys)"] = processed_rate([worker], len(records))
+        log(f"  Percorso: {results['Percorso (shipped journeys)']['events_per_s']}/s")
+    finally:
+        worker.stop()
+    percorso = results["Percorso (shipped journeys)"]["events_per_s"]
+    for r in results.values():
+        if "events_per_s" in r:
+            r["percorso_ratio"] = round(percorso / r["events_per_s"], 3)
+    return results
+
+
+def latency(run: Run, sizes: Sizes, max_rate: float) -> dict[str, Any]:
+    from confluent_kafka import OFFSET_END, Consumer, TopicPartition
+
+    results: dict[str, Any] = {}
+    for share in (0.25, 0.5, 0.75):
+        rate = max(10.0, max_rate * share)
+        settings = run.settings()
+        codecs = clients.Codecs.from_settings(settings)
+        ensure_topics(clients.admin(settings), percorso_topics(settings))
+        worker = Worker(run, settings).start()
+        try:
+            worker.wait_ready()
+            consumer = Consumer(
+                {
+                    **settings.kafka_config(),
+                    "group.id": run.name("lat"),
+                    "enable.auto.commit": False,
+                }
+            )
+            topics = [
+                settings.topics.transitions,
+                *(settings.topics.actions(c) for c in settings.action_channels),
+            ]
+            md = consumer.list_topics(timeout=10)
+            consumer.assign(
+                [TopicPartition(t, p, OFFSET_END) for t in topics for p in md.topics[t].partitions]
+            )
+            consumer.consume(1, timeout=1)
+            sent: dict[str, int] = {}
+            traffic = SyntheticTraffic(sizes.customers, seed=2, rate=rate)
+            count = int(rate * sizes.latency_seconds)
+            stop = threading.Event()
+            action_lat: list[float] = []
+            transition_lat: list[float] = []
+
+            collector = threading.Thread(
+                target=_collect,
+                args=(consumer, settings, codecs, sent, stop, action_lat, transition_lat),
+                daemon=True,
+            )
+            collector.start()
+            producer = clients.producer(settings, **{"linger.ms": 1})
+            started = time.monotonic()
+            for n in range(count):
+                ahead = started + n / rate - time.monotonic()
+                if ahead > 0:
+                    time.sleep(ahead)
+                tp = traffic.next_event()
+                tp["occurred_at"] = int(time.time() * 1000)
+                sent[tp["event_id"]] = tp["occurred_at"]
+                producer.produce(
+                    settings.topics.touchpoints,
+                    key=tp["customer_id"].encode(),
+                    value=codecs.touchpoint.encode(tp),
+                )
+                producer.poll(0)
+            producer.flush(30)
+            time.sleep(3)
+            stop.set()
+            collector.join()
+            consumer.close()
+            results[f"{int(share * 100)}% ({rate:.0f}/s)"] = {
+                "event_to_action_s": {
+                    q: percentile(action_lat, p)
+                    for q, p in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))
+                },
+                "event_to_transition_s": {
+                    q: percentile(transition_lat, p)
+                    for q, p in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))
+                },
+                "actions": len(action_lat),
+                "transitions": len(transition_lat),
+            }
+            log(f"latency at {share:.0%}: {results[f'{int(share * 100)}% ({rate:.0f}/s)']}")
+        finally:
+            worker.stop()
+    return results
+
+
+def _collect(
+    consumer: Any,
+    settings: Settings,
+    codecs: clients.Codecs,
+    sent: dict[str, int],
+    stop: threading.Event,
+    action_lat: list[float],
+    transition_lat: list[float],
+) -> None:
+    """Latencies of event-caused actions (worker side) and transitions (until received)."""
+    while not stop.is_set():
+        for msg in consumer.consume(1000, timeout=0.2):
+            if msg.error():
+                continue
+            received = time.time() * 1000
+            if msg.topic() == settings.topics.transitions:
+                t = codecs.transition.decode(msg.value())
+                if t["reason"] == "event":
+                    transition_lat.append((received - t["at"]) / 1000)
+            else:
+                a = codecs.action.decode(msg.value())
+                if a["trigger_kind"] == "event" and a["trigger"] in sent:
+                    action_lat.append((a["created_at"] - sent[a["trigger"]]) / 1000)
+
+
+def lateness(run: Run, sizes: Sizes, max_rate: float) -> dict[str, Any]:
+    """Arm many cart windows (30 min scaled to 30 s) whose deadlines are spread over time."""
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    settings = run.settings()
+    codec = clients.Codecs.from_settings(settings)
+    ingest = sizes.windows / max(1.0, max_rate) * 1.5 + 20
+    first_deadline = int(time.time() * 1000 + ingest * 1000)
+    step = sizes.window_spread_s * 1000 / sizes.windows
+    window_ms = 30_000  # 30 min / time scale 60
+    occurred: dict[str, int] = {}
+    records: list[tuple[bytes, bytes]] = []
+    for n in range(sizes.windows):
+        at = int(first_deadline - window_ms + n * step)
+        tp: dict[str, Any] = {
+            "event_id": f"w{n}",
+            "customer_id": f"wc{n}",
+            "channel": "web",
+            "type": "cart_add",
+            "occurred_at": at,
+            "attributes": {"sku": "S"},
+            "source": None,
+        }
+        occurred[tp["event_id"]] = at
+        records.append((tp["customer_id"].encode(), codec.touchpoint.encode(tp)))
+    worker = Worker(run, settings, PERCORSO_TIME_SCALE="60").start()
+    try:
+        worker.wait_ready()
+        log(
+            f"lateness: arming {sizes.windows} windows due over {sizes.window_spread_s} s, "
+            f"starting in {ingest:.0f} s"
+        )
+        run.produce(settings, records)
+        processed = worker.metric("percorso_touchpoints_total")
+        if time.time() * 1000 > first_deadline:
+            log(f"  warning: ingest took longer than planned ({processed} processed)")
+        consumer = Consumer(
+            {**settings.kafka_config(), "group.id": run.name("late"), "enable.auto.commit": False}
+        )
+        topic = settings.topics.actions("email")
+        md = consumer.list_topics(timeout=10)
+        consumer.assign(
+            [TopicPartition(topic, p, OFFSET_BEGINNING) for p in md.topics[topic].partitions]
+        )
+        late: list[float] = []
+        deadline = time.monotonic() + ingest + sizes.window_spread_s + 300
+        while len(late) < sizes.windows and time.monotonic() < deadline:
+            for msg in consumer.consume(5000, timeout=0.5):
+                if msg.error():
+                    continue
+                a = codec.action.decode(msg.value())
+                event_id = a["trigger"].rsplit("/", 1)[1]
+                late.append((a["created_at"] - occurred[event_id] - window_ms) / 1000)
+        consumer.close()
+        return {
+            "windows": sizes.windows,
+            "fired": len(late),
+            "lateness_s": {
+                "p50": percentile(late, 0.5),
+                "p99": percentile(late, 0.99),
+                "max": max(late) if late else None,
+            },
+            "fired_before_deadline": sum(1 for x in late if x < 0),
+        }
+    finally:
+        worker.stop()
+
+
+def recovery(run: Run, sizes: Sizes) -> dict[str, Any]:
+    settings = run.settings()
+    codec = clients.Codecs.from_settings(settings).touchpoint
+    now = int(time.time() * 1000) - DAY
+    records = [
+        (
+            f"r{n}".encode(),
+            codec.encode(
+                {
+                    "event_id": f"r{n}",
+                    "customer_id": f"r{n}",
+                    "channel": "web",
+                    "type": "page_view",
+                    "occurred_at": now + n % 1000,
+                    "attributes": {"page": "/"},
+                    "source": None,
+                }
+            ),
+        )
+        for n in range(sizes.recovery_customers)
+    ]
+    log(f"recovery: loading {len(records)} customers")
+    run.produce(settings, records)
+    worker = Worker(run, settings).start()
+    result: dict[str, Any] = {"customers": len(records)}
+    try:
+        worker.wait_ready()
+        processed_rate([worker], len(records))
+        time.sleep(8)  # let the worker commit and flush its changelog
+        rss = worker.metric("process_resident_memory_bytes")
+        state_bytes = sum(f.stat().st_size for f in settings.data_dir.rglob("*") if f.is_file())
+        result["rss_bytes"] = int(rss)
+        result["state_bytes"] = state_bytes
+        result["rss_bytes_per_customer"] = round(rss / len(records), 1)
+        result["state_bytes_per_customer"] = round(state_bytes / len(records), 1)
+        worker.kill()
+        worker.start()
+        result["restart_to_ready_s"] = round(worker.wait_ready(), 2)
+        result["restart_to_lag_zero_s"] = round(
+            _until_lag_zero(worker) + result["restart_to_ready_s"], 2
+        )
+        worker.kill()
+        shutil.rmtree(settings.data_dir)
+        worker.start()
+        result["changelog_only_to_ready_s"] = round(worker.wait_ready(), 2)
+        log(f"recovery: {result}")
+    finally:
+        worker.stop()
+    return result
+
+
+def _until_lag_zero(worker: Worker) -> float:
+    started = time.monotonic()
+    while (
+        worker.metric("percorso_consumer_lag_messages") > 0
+        or worker.metric("percorso_assigned_partitions") == 0
+    ):
+        time.sleep(0.2)
+        if time.monotonic() - started > 600:
+            break
+    return time.monotonic() - started
+
+
+def scaling(run: Run, sizes: Sizes) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    for count in (1, 2):
+        settings = run.settings()
+        start = int(time.time() * 1000) - 30 * DAY
+        _unused, records = synthetic_records(
+            settings, sizes.events, sizes.customers, 7 * DAY, start
+        )
+        run.produce(settings, records)
+        workers = [
+            Worker(
+                run, replace(settings, web_port=free_port(), data_dir=settings.data_dir / str(i))
+            ).start()
+            for i in range(count)
+        ]
+        try:
+            for w in workers:
+                w.wait_ready()
+            results[f"{count} worker(s)"] = processed_rate(workers, len(records))
+            log(f"scaling {count}: {results[f'{count} worker(s)']}")
+        finally:
+            for w in workers:
+                w.stop()
+    one = results["1 worker(s)"]["events_per_s"]
+    results["speedup"] = round(results["2 worker(s)"]["events_per_s"] / one, 2)
+    results["note"] = (
+        f"{os.cpu_count()} cores here: the broker, the producer and the workers "
+        f"share them; a worker is one core, so N workers on N free cores "
+        f"project to about N times one worker."
+    )
+    return results
+
+
+# -- report ------------------------------------------------------------------------------------
+
+
+def table(results: dict[str, Any]) -> str:
+    lines = []
+    tp = results.get("throughput", {})
+    if tp:
+        lines.append(f"{'throughput':40} {'events/s':>12} {'Percorso x':>11}")
+        for label, r in tp.items():
+            if "events_per_s" in r:
+                lines.append(f"{label:40} {r['events_per_s']:>12,.0f} {r['percorso_ratio']:>11}")
+            else:
+                lines.append(f"{label:40} {'n/a':>12} {r.get('error', '')[:40]}")
+    for label, r in results.get("latency", {}).items():
+        a, t = r["event_to_action_s"], r["event_to_transition_s"]
+        fmt = lambda v: f"{v * 1000:.0f} ms" if v is not None else "n/a"  # noqa: E731
+        lines.append(
+            f"latency at {label}: event→action p50 {fmt(a['p50'])} p95 "
+            f"{fmt(a['p95'])} p99 {fmt(a['p99'])}; event→transition p50 "
+            f"{fmt(t['p50'])} p99 {fmt(t['p99'])}"
+        )
+    if "lateness" in results:
+        r = results["lateness"]
+        lines.append(
+            f"window lateness over {r['fired']}/{r['windows']} windows: "
+            f"p50 {r['lateness_s']['p50']} s, p99 {r['lateness_s']['p99']} s, "
+            f"{r['fired_before_deadline']} fired early"
+        )
+    if "recovery" in results:
+        r = results["recovery"]
+        lines.append(
+            f"recovery at {r['customers']:,} customers: ready {r['restart_to_ready_s']} s"
+            f" (lag 0 at {r['restart_to_lag_zero_s']} s), changelog only "
+            f"{r['changelog_only_to_ready_s']} s; RSS {r['rss_bytes_per_customer']} "
+            f"B/customer, state {r['state_bytes_per_customer']} B/customer"
+        )
+    if "scaling" in results:
+        r = results["scaling"]
+        lines.append(
+            f"scaling: 1 worker {r['1 worker(s)']['events_per_s']:,.0f}/s, 2 workers "
+            f"{r['2 worker(s)']['events_per_s']:,.0f}/s (x{r['speedup']})"
+        )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench")
+    parser.add_argument("--quick", action="store_true", help="small sizes (minutes)")
+    parser.add_argument("--only", default="throughput,latency,lateness,recovery,scaling")
+    parser.add_argument("--no-quix", action="store_true", help="skip the Quix Streams baseline")
+    args = parser.parse_args()
+    sizes = QUICK if args.quick else FULL
+    wanted = [s.strip() for s in args.only.split(",") if s.strip()]
+    results: dict[str, Any] = {}
+    results |= {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "sizes": sizes.__dict__,
+        "machine": {
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+        },
+        "commit": subprocess.run(  # the code measured
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            check=False,
+        ).stdout.strip(),
+    }
+    with ExitStack() as stack:
+        scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="percorso-bench-")))
+        broker = stack.enter_context(kafka_broker(scratch / "broker"))
+        results["broker"] = broker.kind
+        run = Run(broker, scratch)
+        max_rate = 3000.0
+        if "throughput" in wanted:
+            results["throughput"] = throughput(run, sizes, not args.no_quix)
+            max_rate = results["throughput"]["Percorso (shipped journeys)"]["events_per_s"]
+        if "latency" in wanted:
+            results["latency"] = latency(run, sizes, max_rate)
+        if "lateness" in wanted:
+            results["lateness"] = lateness(run, sizes, max_rate)
+        if "recovery" in wanted:
+            results["recovery"] = recovery(run, sizes)
+        if "scaling" in wanted:
+            results["scaling"] = scaling(run, sizes)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"{datetime.now(UTC):%Y-%m-%d}{'-quick' if args.quick else ''}.json"
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(table(results))
+    print(f"\nwritten: {out.relative_to(REPO)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

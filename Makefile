@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run demo worker test test-unit test-broker lint typecheck validate simulate bench clean
+.PHONY: help install run demo worker test test-unit test-broker lint typecheck validate simulate bench bench-quick clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -49,8 +49,11 @@ validate: $(STAMP) ## validate the shipped journey catalog
 simulate: $(STAMP) ## replay the example events offline through the shipped journeys
 	$(BIN)/percorso simulate --journeys journeys/catalog --events examples/events.jsonl
 
-bench: $(STAMP) ## benchmarks (never part of make test); writes bench/results/<date>.json
-	$(BIN)/python -m bench
+bench: $(STAMP) ## benchmarks at the target sizes (long; never part of make test)
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+bench-quick: $(STAMP) ## the same benchmarks at small sizes (minutes)
+	$(BIN)/python -m bench --quick $(BENCH_ARGS)
 
 clean: ## remove the virtualenv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -64,6 +64,7 @@ log = logging.getLogger("percorso.agents")
 RAW: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
 TICK_CHUNK = 500  # customers per tick pointer
 OBSERVE_INTERVAL_S = 5.0
+PARTITION_SEND_ATTEMPTS = 10
 CENSUS_INTERVAL_S = 30.0
 
 
@@ -114,6 +115,8 @@ class Runtime:
         self.processor = Processor(settings, Engine(catalog), self.codecs)
         self.progress: dict[int, PartitionProgress] = {}
         self.latest_event_ms = 0
+        self._committed_cache: dict[tuple[str, int], int] = {}
+        self._committed_at = 0.0
         self.metrics = Metrics(registry, channels=STANDARD_CHANNELS | catalog.channels())
         self.app = self._create_app()
         n = options.partitions
@@ -166,7 +169,7 @@ class Runtime:
             broker_heartbeat_interval=p.heartbeat_interval_s,
             recovery_consistency_check=p.recovery_consistency_check,
             consumer_group_instance_id=s.group_instance_id,
-            producer_linger=0.02,
+            producer_linger=0.05,  # one changelog record per write: batch them
             web_enabled=True,
             web_port=s.web_port,
             web_host="0.0.0.0",
@@ -215,6 +218,22 @@ class Runtime:
             key=out.key, value=out.value, headers=out.headers or None, partition=partition
         )
 
+    async def _send_to_partition(
+        self, topic: faust.TopicT, partition: int, key: bytes, value: bytes, headers: Any = None
+    ) -> bool:
+        """Send to an explicit partition. A topic created moments ago may not be in the
+        producer's metadata yet, and aiokafka then asserts: refresh it and retry."""
+        for attempt in range(PARTITION_SEND_ATTEMPTS):
+            try:
+                await topic.send(key=key, value=value, partition=partition, headers=headers)
+                return True
+            except AssertionError:
+                ensure = getattr(self.app.producer, "_ensure_producer", None)
+                if ensure is not None:
+                    await ensure().client.force_metadata_update()
+                await asyncio.sleep(0.1 * (attempt + 1))
+        return False
+
     async def _send_all(self, outgoing: Iterable[Outgoing]) -> None:
         for out in outgoing:
             await self._send(out)
@@ -241,13 +260,18 @@ class Runtime:
         return progress
 
     def _committed(self) -> dict[tuple[str, int], int]:
-        """Committed offsets by (topic, partition): what can never be read again."""
-        committed = getattr(self.app.consumer, "_committed_offset", {})
-        return {
-            (tp.topic, tp.partition): offset
-            for tp, offset in committed.items()
-            if offset is not None
-        }
+        """Committed offsets by (topic, partition): what can never be read again. Offsets
+        only grow, so a copy a few hundred milliseconds old is safe (it prunes less)."""
+        now = time.monotonic()
+        if now - self._committed_at > 0.5:
+            committed = getattr(self.app.consumer, "_committed_offset", {})
+            self._committed_cache = {
+                (tp.topic, tp.partition): offset
+                for tp, offset in committed.items()
+                if offset is not None
+            }
+            self._committed_at = now
+        return self._committed_cache
 
     async def _on_touchpoint(self, message: Any, now: int) -> None:
         progress = self._progress(message.partition)
@@ -266,12 +290,15 @@ class Runtime:
             message.key is None or message.key != customer_id.encode()
         ):
             partition = partition_for(customer_id, self.options.partitions)
-            await self.repartition_topic.send(
-                key=customer_id.encode(),
-                value=message.value,
-                partition=partition,
-                headers=list(message.headers or []) or None,
+            sent = await self._send_to_partition(
+                self.repartition_topic,
+                partition,
+                customer_id.encode(),
+                message.value,
+                list(message.headers or []) or None,
             )
+            if not sent:  # crash rather than lose the touchpoint: it is reprocessed
+                raise RuntimeError(f"cannot send to {self.repartition_name}[{partition}]")
             metrics.touchpoint(channel, "repartitioned")
             return
         t = touchpoint["occurred_at"]
@@ -329,9 +356,17 @@ class Runtime:
             return now - self.options.window_grace_ms
         return progress.watermark
 
+    def _highwater(self, tp: TP) -> int | None:
+        """The partition's high watermark from the last fetch; None while unknown (also while
+        aiokafka has not caught up with a new assignment, where it asserts)."""
+        try:
+            return self.app.consumer.highwater(tp)
+        except AssertionError:
+            return None
+
     def _caught_up(self, tp: TP, progress: PartitionProgress) -> bool:
         consumer = self.app.consumer
-        highwater = consumer.highwater(tp)
+        highwater = self._highwater(tp)
         if highwater is None or highwater < 0:
             return False
         position = progress.next_offset.get(tp.topic)
@@ -424,7 +459,23 @@ class Runtime:
                 keep.append((offset, key))
         progress.tick_pointers = keep
 
+    async def _guarded(self, name: str, job: Any) -> None:
+        """Timers must not take the worker down: log, and the next round tries again."""
+        try:
+            await job()
+        except Exception:
+            log.warning("%s failed; retrying next round", name, exc_info=True)
+
     async def _schedule_ticks(self) -> None:
+        await self._guarded("scheduling ticks", self._schedule_ticks_once)
+
+    async def _observe(self) -> None:
+        await self._guarded("observing", self._observe_once)
+
+    async def _census(self) -> None:
+        await self._guarded("the stage census", self._census_once)
+
+    async def _schedule_ticks_once(self) -> None:
         """Wake up owned partitions that have something due. Runs on every worker, but only
         for the partitions this worker owns right now."""
         now = now_ms()
@@ -444,10 +495,13 @@ class Runtime:
                 continue
             if not due:
                 continue
-            progress.tick_sent_at = time.monotonic()
-            await self.ticks_topic.send(
-                key=b"tick", value=json.dumps({"at": until}).encode(), partition=tp.partition
+            sent = await self._send_to_partition(
+                self.ticks_topic, tp.partition, b"tick", json.dumps({"at": until}).encode()
             )
+            if sent:
+                progress.tick_sent_at = time.monotonic()
+            else:  # only a wake-up call: the next round tries again (overdue metric shows it)
+                log.warning("could not send a tick to %s[%s]", self.ticks_name, tp.partition)
 
     def _owned(self) -> list[int]:
         return sorted(
@@ -456,7 +510,7 @@ class Runtime:
             if tp.topic == self.settings.topics.touchpoints
         )
 
-    async def _observe(self) -> None:
+    async def _observe_once(self) -> None:
         """Gauges SREs alert on: lag, overdue wake-ups, recovery, readiness."""
         m = self.metrics
         now = now_ms()
@@ -474,7 +528,7 @@ class Runtime:
             backlog = 0
             for topic in (self.settings.topics.touchpoints, self.repartition_name):
                 tp = TP(topic, partition)
-                highwater = self.app.consumer.highwater(tp)
+                highwater = self._highwater(tp)
                 position = progress.next_offset.get(topic)
                 if position is None:
                     position = getattr(self.app.consumer, "_committed_offset", {}).get(tp) or 0
@@ -494,7 +548,7 @@ class Runtime:
         overdue = now - oldest - grace if oldest is not None else 0
         m.windows_overdue.set(max(0, overdue) / 1000)
 
-    async def _census(self) -> None:
+    async def _census_once(self) -> None:
         """Customers per journey stage and pending wake-ups, recounted from the stored headers
         of the partitions this worker owns; yields to the event loop as it goes."""
         counts: dict[tuple[str, str], int] = {}

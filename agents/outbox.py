@@ -10,9 +10,9 @@ Entries are pruned once their source offset is committed: Faust flushes the prod
 commits, so by then the outputs are durable.
 
 Binary layout (big-endian), compact and dependency-free:
-``entries:u16`` then per entry ``source topic, partition:i32, offset:i64, outputs:u16`` and per
-output ``topic, key (len -1 for none), value, headers:u16 [name, value]``; strings and byte
-strings are ``len:i32`` + bytes.
+``entries:u16`` then per entry ``source topic, partition:i32, offset:i64, payload``; a payload
+is ``outputs:u16`` and per output ``topic, key (len -1 for none), value, headers:u16 [name,
+value]``; strings and byte strings are ``len:i32`` + bytes. Payloads are decoded only to resend.
 """
 
 from __future__ import annotations
@@ -47,8 +47,19 @@ class Position:
 
 @dataclass(frozen=True)
 class Entry:
+    """The outputs of one step. ``payload`` stays encoded: it is only decoded when the step's
+    message is processed again after a crash, which is rare, while every write carries it."""
+
     source: Position
-    outputs: tuple[Outgoing, ...]
+    payload: bytes
+
+    @classmethod
+    def of(cls, source: Position, outputs: Iterable[Outgoing]) -> Entry:
+        return cls(source, encode_outputs(outputs))
+
+    @property
+    def outputs(self) -> tuple[Outgoing, ...]:
+        return decode_outputs(self.payload)
 
 
 def _bytes(out: list[bytes], data: bytes | None) -> None:
@@ -95,6 +106,32 @@ class _Reader:
         return value.decode()
 
 
+def encode_outputs(outputs: Iterable[Outgoing]) -> bytes:
+    items = list(outputs)
+    out = [_U16.pack(len(items))]
+    for o in items:
+        _bytes(out, o.topic.encode())
+        _bytes(out, o.key)
+        _bytes(out, o.value)
+        out.append(_U16.pack(len(o.headers)))
+        for name, value in o.headers:
+            _bytes(out, name.encode())
+            _bytes(out, value)
+    return b"".join(out)
+
+
+def decode_outputs(payload: bytes) -> tuple[Outgoing, ...]:
+    r = _Reader(payload)
+    outputs = []
+    for _ in range(r.u16()):
+        topic, key, value = r.text(), r.blob(), r.blob() or b""
+        headers = [(r.text(), r.blob() or b"") for _ in range(r.u16())]
+        outputs.append(Outgoing(topic, key, value, headers))
+    if r.at != len(payload):
+        raise ValueError("outbox: bytes left over")
+    return tuple(outputs)
+
+
 def encode(entries: Iterable[Entry]) -> bytes:
     items = list(entries)
     out = [_U16.pack(len(items))]
@@ -102,31 +139,19 @@ def encode(entries: Iterable[Entry]) -> bytes:
         _bytes(out, entry.source.topic.encode())
         out.append(_I32.pack(entry.source.partition))
         out.append(_I64.pack(entry.source.offset))
-        out.append(_U16.pack(len(entry.outputs)))
-        for o in entry.outputs:
-            _bytes(out, o.topic.encode())
-            _bytes(out, o.key)
-            _bytes(out, o.value)
-            out.append(_U16.pack(len(o.headers)))
-            for name, value in o.headers:
-                _bytes(out, name.encode())
-                _bytes(out, value)
+        _bytes(out, entry.payload)
     return b"".join(out)
 
 
 def decode(data: bytes) -> list[Entry]:
+    """The entries, their payloads left encoded."""
     if not data:
         return []
     r = _Reader(data)
     entries = []
     for _ in range(r.u16()):
         source = Position(r.text(), r.i32(), r.i64())
-        outputs = []
-        for _ in range(r.u16()):
-            topic, key, value = r.text(), r.blob(), r.blob() or b""
-            headers = [(r.text(), r.blob() or b"") for _ in range(r.u16())]
-            outputs.append(Outgoing(topic, key, value, headers))
-        entries.append(Entry(source, tuple(outputs)))
+        entries.append(Entry(source, r.blob() or b""))
     if r.at != len(data):
         raise ValueError("outbox: bytes left over")
     return entries

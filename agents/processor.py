@@ -187,7 +187,7 @@ class Processor:
         outbox = prune(outbox, committed or {})
         if outgoing:
             outbox = [e for e in outbox if e.source != source]
-            outbox.append(Entry(source, tuple(outgoing)))
+            outbox.append(Entry.of(source, outgoing))
         return Applied(step, pack(step.state, indexed_due, outbox), outgoing, index_add, resend)
 
     def outputs(self, step: Step) -> list[Outgoing]:

@@ -199,8 +199,20 @@ class Worker:
         raise RuntimeError(f"worker not ready in {timeout} s; see {self.log_path}")
 
     def metric(self, name: str) -> float:
-        with urllib.request.urlopen(f"{self.url}/metrics", timeout=5) as response:
-            text = response.read().decode()
+        for attempt in range(20):
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"worker exited ({self.process.returncode}); see {self.log_path}"
+                )
+            try:
+                with urllib.request.urlopen(f"{self.url}/metrics", timeout=10) as response:
+                    text = response.read().decode()
+                break
+            except OSError:
+                if attempt == 19:
+                    raise
+                time.sleep(0.5)
         total = 0.0
         for line in text.splitlines():
             if line.startswith(name) and (line[len(name)] in "{ "):
@@ -245,7 +257,8 @@ def run_baseline(command: list[str], env: dict[str, str], timeout: float = 3600)
     out = subprocess.run(
         command, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO, check=False
     )
-    match = re.search(r"BENCH n=(\d+) first=([\d.]+) last=([\d.]+)", out.stdout)
+    # faust redirects stdout to its log (stderr): look in both
+    match = re.search(r"BENCH n=(\d+) first=([\d.]+) last=([\d.]+)", out.stdout + out.stderr)
     if not match:
         raise RuntimeError(f"{command[-1]} gave no result: {out.stdout[-500:]}{out.stderr[-2000:]}")
     n, first, last = int(match[1]), float(match[2]), float(match[3])
@@ -702,8 +715,29 @@ def main() -> int:
             check=False,
         ).stdout.strip(),
     }
+    scratch = Path(tempfile.mkdtemp(prefix="percorso-bench-"))
+    try:
+        measure(args, wanted, sizes, scratch, results)
+    except BaseException:
+        log(f"failed; broker and worker logs kept in {scratch}")
+        raise
+    shutil.rmtree(scratch, ignore_errors=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"{datetime.now(UTC):%Y-%m-%d}{'-quick' if args.quick else ''}.json"
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(table(results))
+    print(f"\nwritten: {out.relative_to(REPO)}")
+    return 0
+
+
+def measure(
+    args: argparse.Namespace,
+    wanted: list[str],
+    sizes: Sizes,
+    scratch: Path,
+    results: dict[str, Any],
+) -> None:
     with ExitStack() as stack:
-        scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="percorso-bench-")))
         broker = stack.enter_context(kafka_broker(scratch / "broker"))
         results["broker"] = broker.kind
         run = Run(broker, scratch)
@@ -719,12 +753,6 @@ def main() -> int:
             results["recovery"] = recovery(run, sizes)
         if "scaling" in wanted:
             results["scaling"] = scaling(run, sizes)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"{datetime.now(UTC):%Y-%m-%d}{'-quick' if args.quick else ''}.json"
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(table(results))
-    print(f"\nwritten: {out.relative_to(REPO)}")
-    return 0
 
 
 if __name__ == "__main__":

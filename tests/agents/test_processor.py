@@ -146,7 +146,7 @@ outgoing = st.builds(
 )
 entries = st.lists(
     st.builds(
-        Entry,
+        Entry.of,
         st.builds(Position, st.text(max_size=10), st.integers(0, 2**31 - 1), st.integers(0, 2**62)),
         st.lists(outgoing, max_size=3).map(tuple),
     ),
@@ -170,6 +170,6 @@ def test_prune_keeps_exactly_the_uncommitted(items: list[Entry], committed: int)
 
 
 def test_truncated_outbox_is_an_error() -> None:
-    data = encode([Entry(Position("t", 0, 1), (Outgoing("x", b"k", b"v"),))])
+    data = encode([Entry.of(Position("t", 0, 1), [Outgoing("x", b"k", b"v")])])
     with pytest.raises((ValueError, struct.error)):
         decode(data[:-2])

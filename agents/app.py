@@ -77,6 +77,31 @@ def partition_for(customer_id: str, partitions: int) -> int:
     return (murmur2(customer_id.encode()) & 0x7FFFFFFF) % partitions
 
 
+def _override_fetch_wait(fetch_max_wait_ms: int) -> None:
+    """faust-streaming 0.15 builds its aiokafka consumer with fetch_max_wait_ms=1500 and no
+    setting to change it. Brokers that hold fetches that long (the embedded broker's profile
+    says so) would delay every record; the consumer reads the value when it starts, so it is
+    set on the consumer faust creates. Guarded: without the method, nothing is patched."""
+    from faust.transport.drivers import aiokafka as driver
+
+    thread = getattr(driver, "AIOKafkaConsumerThread", None)
+    create = getattr(thread, "_create_worker_consumer", None)
+    if create is None or getattr(create, "_percorso_fetch_wait", None) == fetch_max_wait_ms:
+        if create is None:
+            log.warning("cannot set fetch_max_wait_ms on this faust version")
+        return
+    original = getattr(create, "_percorso_original", create)
+
+    def create_worker_consumer(self: Any, *args: Any, **kwargs: Any) -> Any:
+        consumer = original(self, *args, **kwargs)
+        consumer._fetch_max_wait_ms = fetch_max_wait_ms
+        return consumer
+
+    create_worker_consumer._percorso_original = original  # type: ignore[attr-defined]
+    create_worker_consumer._percorso_fetch_wait = fetch_max_wait_ms  # type: ignore[attr-defined]
+    thread._create_worker_consumer = create_worker_consumer  # type: ignore[union-attr]
+
+
 @dataclass
 class RuntimeOptions:
     partitions: int
@@ -149,6 +174,8 @@ class Runtime:
     # -- the app ----------------------------------------------------------------------------
 
     def _create_app(self) -> faust.App:
+        if self.profile.fetch_max_wait_ms is not None:
+            _override_fetch_wait(self.profile.fetch_max_wait_ms)
         s, p = self.settings, self.profile
         if not s.bootstrap_servers:
             raise ValueError("no Kafka bootstrap servers")

@@ -16,7 +16,7 @@ from percorso.broker import (
     BrokerProfile,
 )
 from percorso.config import Settings
-from percorso.topics import ensure_topics, percorso_topics
+from percorso.topics import ensure_topics, internal_topics, percorso_topics, wait_for_partitions
 
 PROFILES = {p.name: p for p in (PRODUCTION_PROFILE, EMBEDDED_BROKER_PROFILE, TEST_KAFKA_PROFILE)}
 
@@ -55,6 +55,9 @@ def prepare(settings: Settings, catalog: Catalog) -> RuntimeOptions:
         if settings.replication_factor > 0
         else min(3, len(metadata.brokers))
     )
+    internal = internal_topics(settings, partitions, replication)
+    ensure_topics(admin, internal)
+    wait_for_partitions(admin, internal + [s for s in specs if s.role == "input"])
     return RuntimeOptions(
         partitions=partitions,
         replication_factor=replication,

@@ -394,6 +394,7 @@ def latency(run: Run, sizes: Sizes, max_rate: float) -> dict[str, Any]:
                     **settings.kafka_config(),
                     "group.id": run.name("lat"),
                     "enable.auto.commit": False,
+                    "fetch.wait.max.ms": 10,  # the embedded broker holds fetches until this
                 }
             )
             topics = [

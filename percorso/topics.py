@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from percorso.config import Settings
 
-Role = Literal["input", "actions", "transitions", "dlq"]
+Role = Literal["input", "actions", "transitions", "dlq", "internal"]
 
 TOUCHPOINT_SUBJECT = "io.percorso.Touchpoint"
 ACTION_SUBJECT = "io.percorso.Action"
@@ -90,6 +90,74 @@ def percorso_topics(settings: Settings, channels: Iterable[str] | None = None) -
             )
         )
     return specs
+
+
+def internal_topics(
+    settings: Settings, partitions: int, replication_factor: int
+) -> list[TopicSpec]:
+    """The worker's own topics, partitioned exactly like the input (Faust co-partitions them).
+    Created before Faust starts: left to Faust, a topic created moments earlier can show fewer
+    partitions in metadata than it has, and the worker refuses to run on it."""
+    app = settings.app_id
+    delete = {"cleanup.policy": "delete"}
+    return [
+        TopicSpec(
+            f"{app}-repartition",
+            "internal",
+            "customer_id",
+            TOUCHPOINT_SUBJECT,
+            partitions,
+            replication_factor,
+            {**delete, "retention.ms": str(WEEK_MS)},
+            delete,
+            fixed_partitions=True,
+        ),
+        TopicSpec(
+            f"{app}-ticks",
+            "internal",
+            "tick",
+            None,
+            partitions,
+            replication_factor,
+            {**delete, "retention.ms": str(3_600_000)},
+            delete,
+            fixed_partitions=True,
+        ),
+        # faust names a table's changelog <app id>-<table>-changelog; compacted, kept forever
+        TopicSpec(
+            f"{app}-state-changelog",
+            "internal",
+            "state key",
+            None,
+            partitions,
+            replication_factor,
+            {"cleanup.policy": "compact"},
+            {"cleanup.policy": "compact"},
+            fixed_partitions=True,
+        ),
+    ]
+
+
+def wait_for_partitions(admin: Any, specs: list[TopicSpec], timeout: float = 60.0) -> None:
+    """Block until metadata shows every partition of every topic in ``specs``."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        metadata = admin.list_topics(timeout=10)
+        short = [
+            s.name
+            for s in specs
+            if s.name not in metadata.topics
+            or len(metadata.topics[s.name].partitions) < s.partitions
+        ]
+        if not short:
+            return
+        if time.monotonic() > deadline:
+            raise TopicConflictError(
+                [f"{name}: not all partitions visible after {timeout:.0f} s" for name in short]
+            )
+        time.sleep(0.2)
 
 
 class TopicConflictError(Exception):

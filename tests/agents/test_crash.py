@@ -88,7 +88,11 @@ def emitted(col: Any) -> list[str]:
 def test_sigkill_mid_stream_loses_nothing(cluster: Cluster, collect: Collect) -> None:
     scale = 600.0  # 30 min -> 3 s: cart windows are armed when the worker dies
     settings = cluster.settings
-    worker = cluster.worker("w1", PERCORSO_TIME_SCALE=str(scale)).start()
+    # The traffic is live (event time = now) and cancelling touchpoints arrive right at the
+    # deadlines: a grace lets the worker see them before it fires, as the oracle does.
+    worker = cluster.worker(
+        "w1", PERCORSO_TIME_SCALE=str(scale), PERCORSO_WINDOW_GRACE_MS="1500"
+    ).start()
     worker.wait_ready()
     start = now_ms()
     events = SyntheticTraffic(300, seed=5, start_ms=start, rate=2000).take(6000)

@@ -101,6 +101,9 @@ def test_shipped_journeys_end_to_end(cluster: Cluster, collect: Collect) -> None
         ("ben", "cart_recovery", "completed"),
         ("cai", "digital_to_voice", "escalated"),
         ("eli", "onboarding", "assisted"),
+        ("ann", "lifecycle", "consideration"),  # an email opened, then a cart
+        ("ben", "lifecycle", "purchase"),
+        ("dee", "lifecycle", "awareness"),
     } <= transitions
 
 

@@ -9,20 +9,18 @@ lasts 30 seconds) so that windows fire while you watch; the summary says so.
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from collections import Counter, deque
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from agents.launcher import WorkerProcess, worker_env
 from percorso import clients
 from percorso.broker import Broker, free_port, kafka_broker
 from percorso.config import Settings
@@ -47,39 +45,6 @@ class Summary:
 
     def rate(self) -> float:
         return self.produced / max(0.001, time.monotonic() - self.started)
-
-
-def _worker_env(settings: Settings, broker: Broker, time_scale: float) -> dict[str, str]:
-    return {
-        **os.environ,
-        "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
-        "PERCORSO_BROKER_PROFILE": broker.profile.name,
-        "PERCORSO_APP_ID": settings.app_id,
-        "PERCORSO_DATA_DIR": str(settings.data_dir),
-        "PERCORSO_WEB_PORT": str(settings.web_port),
-        "PERCORSO_PARTITIONS": str(settings.partitions),
-        "PERCORSO_REPLICATION_FACTOR": "1",
-        "PERCORSO_TIME_SCALE": str(time_scale),
-        "PERCORSO_TICK_INTERVAL": "0.5",
-    }
-
-
-def _wait_ready(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(
-                f"the worker exited ({process.returncode}); its log ends "
-                f"with:\n{log.read_text(errors='replace')[-3000:]}"
-            )
-        try:
-            with urllib.request.urlopen(f"{url}/readyz", timeout=1) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.3)
-    raise RuntimeError(f"the worker was not ready within {timeout:.0f} s (log: {log})")
 
 
 def _produce(
@@ -235,6 +200,8 @@ def run_demo(args: argparse.Namespace) -> int:
             app_id=f"percorso-demo-{int(time.time())}",
             data_dir=Path(tmp) / "data",
             web_port=args.web_port or free_port(),
+            time_scale=args.time_scale,
+            tick_interval_s=0.5,
         )
         console.print(
             f"[bold]Percorso demo[/]: broker {broker.bootstrap_servers} "
@@ -242,20 +209,14 @@ def run_demo(args: argparse.Namespace) -> int:
             f"windows fire while you watch."
         )
         ensure_topics(clients.admin(settings), percorso_topics(settings))
-        log = Path(tmp) / "worker.log"
-        with log.open("wb") as out:
-            worker = subprocess.Popen(
-                [sys.executable, "-m", "percorso.cli", "worker"],
-                env=_worker_env(settings, broker, args.time_scale),
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
+        worker = WorkerProcess(
+            worker_env(settings, broker.profile.name), Path(tmp) / "worker.log"
+        ).start()
         summary = Summary()
         threads: list[threading.Thread] = []
         try:
             console.print("starting the worker ...")
-            _wait_ready(f"http://127.0.0.1:{settings.web_port}", worker, log, 120)
+            worker.wait_ready(120)
             console.print(f"worker ready: http://127.0.0.1:{settings.web_port}/readyz")
             summary.started = time.monotonic()
             threads = [
@@ -277,7 +238,7 @@ def run_demo(args: argparse.Namespace) -> int:
                     refresh_per_second=2,
                 ) as live:
                     while not stop.wait(0.5) and (end is None or time.monotonic() < end):
-                        if worker.poll() is not None:
+                        if not worker.alive():
                             break
                         live.update(_render(summary, settings, args.time_scale, broker))
         except KeyboardInterrupt:
@@ -286,17 +247,9 @@ def run_demo(args: argparse.Namespace) -> int:
             stop.set()
             for t in threads:
                 t.join(timeout=15)
-            worker.send_signal(signal.SIGTERM)
-            try:
-                worker.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                worker.kill()
+            code = worker.stop()
         print(f"final: {_plain(summary)}", flush=True)
-        if worker.returncode not in (0, -signal.SIGTERM):
-            print(
-                f"the worker ended with {worker.returncode}; log:\n"
-                f"{log.read_text(errors='replace')[-3000:]}",
-                file=sys.stderr,
-            )
+        if code not in (0, -signal.SIGTERM):
+            print(f"the worker ended with {code}; log:\n{worker.log_tail()}", file=sys.stderr)
             return 1
     return 0

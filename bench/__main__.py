@@ -22,19 +22,18 @@ import os
 import platform
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from agents.launcher import WorkerProcess, worker_env
 from percorso import clients
 from percorso.broker import Broker, free_port, kafka_broker
 from percorso.config import Settings, TopicNames
@@ -143,97 +142,26 @@ class Run:
         assert producer.flush(120) == 0
         return time.monotonic() - started
 
-    def worker_env(self, settings: Settings, **extra: str) -> dict[str, str]:
-        t = settings.topics
-        return {
-            **os.environ,
-            "KAFKA_BOOTSTRAP_SERVERS": self.broker.bootstrap_servers,
-            "PERCORSO_BROKER_PROFILE": self.broker.profile.name,
-            "PERCORSO_APP_ID": settings.app_id,
-            "PERCORSO_DATA_DIR": str(settings.data_dir),
-            "PERCORSO_WEB_PORT": str(settings.web_port),
-            "PERCORSO_PARTITIONS": str(settings.partitions),
-            "PERCORSO_REPLICATION_FACTOR": "1",
-            "PERCORSO_TOPIC_TOUCHPOINTS": t.touchpoints,
-            "PERCORSO_TOPIC_ACTIONS_PREFIX": t.actions_prefix,
-            "PERCORSO_TOPIC_TRANSITIONS": t.transitions,
-            "PERCORSO_TOPIC_DLQ": t.dlq,
-            "PERCORSO_TICK_INTERVAL": "0.25",
-            **extra,
-        }
 
+class Worker(WorkerProcess):
+    """A worker of this run, with its settings."""
 
-class Worker:
     def __init__(self, run: Run, settings: Settings, **env: str) -> None:
+        tuned = replace(settings, tick_interval_s=0.25)
+        super().__init__(
+            worker_env(tuned, run.broker.profile.name, **env),
+            run.scratch / f"{settings.app_id}-{settings.web_port}.log",
+            cwd=REPO,
+        )
         self.settings = settings
-        self.url = f"http://127.0.0.1:{settings.web_port}"
-        self.log_path = run.scratch / f"{settings.app_id}-{settings.web_port}.log"
-        self.env = run.worker_env(settings, **env)
-        self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> Worker:
-        with self.log_path.open("ab") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "percorso.cli", "worker"],
-                env=self.env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                cwd=REPO,
-            )
-        return self
-
-    def wait_ready(self, timeout: float = 900) -> float:
-        started = time.monotonic()
-        while time.monotonic() - started < timeout:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                raise RuntimeError(f"worker exited; see {self.log_path}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/readyz", timeout=1) as response:
-                    if response.status == 200:
-                        return time.monotonic() - started
-            except OSError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"worker not ready in {timeout} s; see {self.log_path}")
-
-    def metric(self, name: str) -> float:
-        for attempt in range(20):
-            assert self.process is not None
-            if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"worker exited ({self.process.returncode}); see {self.log_path}"
-                )
-            try:
-                with urllib.request.urlopen(f"{self.url}/metrics", timeout=10) as response:
-                    text = response.read().decode()
-                break
-            except OSError:
-                if attempt == 19:
-                    raise
-                time.sleep(0.5)
-        total = 0.0
-        for line in text.splitlines():
-            if line.startswith(name) and (line[len(name)] in "{ "):
-                total += float(line.rsplit(" ", 1)[1])
-        return total
-
-    def kill(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait()
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
+    def wait_ready(self, timeout: float = 900.0) -> float:  # recovery of 1M customers
+        return super().wait_ready(timeout)
 
 
-def processed_rate(workers: list[Worker], target: int, timeout: float = 3600) -> dict[str, Any]:
+def processed_rate(
+    workers: list[WorkerProcess], target: int, timeout: float = 3600
+) -> dict[str, Any]:
     """Poll the workers' counters: events/s from the first processed record to the target."""
     first_t = first_n = None
     started = time.monotonic()
@@ -601,7 +529,7 @@ def recovery(run: Run, sizes: Sizes) -> dict[str, Any]:
     return result
 
 
-def _until_lag_zero(worker: Worker) -> float:
+def _until_lag_zero(worker: WorkerProcess) -> float:
     started = time.monotonic()
     while (
         worker.metric("percorso_consumer_lag_messages") > 0

@@ -4,12 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import signal
-import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -17,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from agents.launcher import WorkerProcess, worker_env
 from percorso import clients
 from percorso.broker import Broker, free_port
 from percorso.config import Settings
@@ -25,96 +21,6 @@ from percorso.tail import subject_for
 from percorso.topics import ensure_topics, percorso_topics
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@dataclass
-class WorkerProcess:
-    settings: Settings
-    env: dict[str, str]
-    log_path: Path
-    process: subprocess.Popen[bytes] | None = None
-    starts: int = 0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.settings.web_port}"
-
-    def start(self) -> WorkerProcess:
-        self.starts += 1
-        log = self.log_path.open("ab")
-        log.write(f"\n===== start {self.starts} =====\n".encode())
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "percorso.cli", "worker"],
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            cwd=REPO,
-        )
-        return self
-
-    def wait_ready(self, timeout: float = 90.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                raise AssertionError(
-                    f"worker exited with {self.process.returncode}:\n{self.log_tail()}"
-                )
-            try:
-                with urllib.request.urlopen(f"{self.url}/readyz", timeout=1) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.2)
-        raise AssertionError(f"worker not ready within {timeout} s:\n{self.log_tail()}")
-
-    def kill(self) -> None:
-        """SIGKILL: no shutdown, no commit, no flush."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(timeout=30)
-
-    def stop(self) -> int | None:
-        if self.process is None:
-            return None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
-        return self.process.returncode
-
-    def log_tail(self, lines: int = 60) -> str:
-        if not self.log_path.exists():
-            return ""
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-
-def worker_env(settings: Settings, broker: Broker, **extra: str) -> dict[str, str]:
-    t = settings.topics
-    env = {
-        **os.environ,
-        "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers or "",
-        "PERCORSO_BROKER_PROFILE": broker.profile.name,
-        "PERCORSO_APP_ID": settings.app_id,
-        "PERCORSO_DATA_DIR": str(settings.data_dir),
-        "PERCORSO_WEB_PORT": str(settings.web_port),
-        "PERCORSO_JOURNEYS": str(settings.journeys_dir),
-        "PERCORSO_PARTITIONS": str(settings.partitions),
-        "PERCORSO_REPLICATION_FACTOR": str(settings.replication_factor),
-        "PERCORSO_TOPIC_TOUCHPOINTS": t.touchpoints,
-        "PERCORSO_TOPIC_ACTIONS_PREFIX": t.actions_prefix,
-        "PERCORSO_TOPIC_TRANSITIONS": t.transitions,
-        "PERCORSO_TOPIC_DLQ": t.dlq,
-        "PERCORSO_TICK_INTERVAL": "0.3",
-        "PYTHONUNBUFFERED": "1",
-    }
-    env.update(extra)
-    return env
 
 
 @dataclass
@@ -127,10 +33,14 @@ class Cluster:
     workers: list[WorkerProcess] = field(default_factory=list)
 
     def worker(self, name: str = "w1", **extra_env: str) -> WorkerProcess:
-        settings = replace(self.settings, data_dir=self.tmp / name / "data", web_port=free_port())
-        w = WorkerProcess(
-            settings, worker_env(settings, self.broker, **extra_env), self.tmp / f"{name}.log"
+        settings = replace(
+            self.settings,
+            data_dir=self.tmp / name / "data",
+            web_port=free_port(),
+            tick_interval_s=0.3,
         )
+        env = worker_env(settings, self.broker.profile.name, **extra_env)
+        w = WorkerProcess(env, self.tmp / f"{name}.log", cwd=REPO)
         self.workers.append(w)
         return w
 

@@ -10,6 +10,7 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from agents.app import partition_for
+from agents.launcher import WorkerProcess
 from agents.processor import unpack
 from journeys.engine import Engine
 from journeys.loader import load_catalog
@@ -17,7 +18,7 @@ from journeys.simulate import replay
 from journeys.state import CustomerState
 from percorso.config import Settings
 from percorso.synthetic import SyntheticTraffic
-from tests.agents.conftest import Cluster, Collect, WorkerProcess, action_topics, produce
+from tests.agents.conftest import Cluster, Collect, action_topics, produce
 
 
 def now_ms() -> int:

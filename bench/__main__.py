@@ -44,6 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 QUIX_VENV = REPO / "bench" / ".quix-venv"
 DAY = 86_400_000
+ALL_SCENARIOS = ("throughput", "latency", "lateness", "recovery", "scaling")
 
 
 @dataclass(frozen=True)
@@ -622,7 +623,7 @@ def table(results: dict[str, Any]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("--quick", action="store_true", help="small sizes (minutes)")
-    parser.add_argument("--only", default="throughput,latency,lateness,recovery,scaling")
+    parser.add_argument("--only", default=",".join(ALL_SCENARIOS))
     parser.add_argument("--no-quix", action="store_true", help="skip the Quix Streams baseline")
     args = parser.parse_args()
     sizes = QUICK if args.quick else FULL
@@ -652,7 +653,8 @@ def main() -> int:
         raise
     shutil.rmtree(scratch, ignore_errors=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"{datetime.now(UTC):%Y-%m-%d}{'-quick' if args.quick else ''}.json"
+    partial = "" if set(wanted) == set(ALL_SCENARIOS) else "-" + "-".join(wanted)
+    out = RESULTS / f"{datetime.now(UTC):%Y-%m-%d}{'-quick' if args.quick else ''}{partial}.json"
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(table(results))
     print(f"\nwritten: {out.relative_to(REPO)}")

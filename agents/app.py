@@ -77,6 +77,24 @@ def partition_for(customer_id: str, partitions: int) -> int:
     return (murmur2(customer_id.encode()) & 0x7FFFFFFF) % partitions
 
 
+def _flush_producer_buffer_completely() -> None:
+    """faust-streaming 0.15.3: ``ProducerBuffer.flush()`` (run before every offset commit) gives
+    up after waiting 0.1 s for one record, even with records still buffered, so offsets can be
+    committed ahead of the changelog records (table writes) they depend on; a crash then loses
+    state. Flush until the buffer is empty. Upstream candidate; guarded by version."""
+    from faust.transport.producer import ProducerBuffer
+
+    if getattr(ProducerBuffer.flush, "_percorso_complete", False):
+        return
+
+    async def flush(self: Any) -> None:
+        while self.size:
+            await self.flush_atmost(None)
+
+    flush._percorso_complete = True  # type: ignore[attr-defined]
+    ProducerBuffer.flush = flush  # type: ignore[method-assign]
+
+
 def _override_fetch_wait(fetch_max_wait_ms: int) -> None:
     """faust-streaming 0.15 builds its aiokafka consumer with fetch_max_wait_ms=1500 and no
     setting to change it. Brokers that hold fetches that long (the embedded broker's profile
@@ -140,6 +158,7 @@ class Runtime:
         self.processor = Processor(settings, Engine(catalog), self.codecs)
         self.progress: dict[int, PartitionProgress] = {}
         self.latest_event_ms = 0
+        self.failed_sends = 0
         self._committed_cache: dict[tuple[str, int], int] = {}
         self._committed_at = 0.0
         self.metrics = Metrics(registry, channels=STANDARD_CHANNELS | catalog.channels())
@@ -174,6 +193,13 @@ class Runtime:
     # -- the app ----------------------------------------------------------------------------
 
     def _create_app(self) -> faust.App:
+        if faust.__version__ == "0.15.3":
+            _flush_producer_buffer_completely()
+        else:
+            log.warning(
+                "faust %s: check whether ProducerBuffer.flush still returns early",
+                faust.__version__,
+            )
         if self.profile.fetch_max_wait_ms is not None:
             _override_fetch_wait(self.profile.fetch_max_wait_ms)
         s, p = self.settings, self.profile
@@ -241,9 +267,16 @@ class Runtime:
         return topic
 
     async def _send(self, out: Outgoing, partition: int | None = None) -> None:
-        await self._topic(out.topic).send(
+        future = await self._topic(out.topic).send(
             key=out.key, value=out.value, headers=out.headers or None, partition=partition
         )
+        future.add_done_callback(self._on_sent)  # type: ignore[attr-defined]
+
+    def _on_sent(self, future: Any) -> None:
+        """Nobody awaits an output's delivery: a failure must at least be seen."""
+        if not future.cancelled() and future.exception() is not None:
+            self.failed_sends += 1
+            log.error("an output was not delivered: %r", future.exception())
 
     async def _send_to_partition(
         self, topic: faust.TopicT, partition: int, key: bytes, value: bytes, headers: Any = None

@@ -18,7 +18,7 @@ from journeys.simulate import replay
 from journeys.state import CustomerState
 from percorso.config import Settings
 from percorso.synthetic import SyntheticTraffic
-from tests.agents.conftest import Cluster, Collect, action_topics, produce
+from tests.agents.conftest import Cluster, Collect, Collector, action_topics, produce
 
 
 def now_ms() -> int:
@@ -79,7 +79,16 @@ def _missing(
             for a in step.actions
             if a["action_id"] in missing
         ]
-    return f"{len(missing)} missing, e.g. {examples[:5]}"
+    from collections import Counter as Tally
+
+    dead = Collector(settings, [settings.topics.dlq])
+    dead.poll(3)
+    reasons = Tally(
+        d["headers"].get("percorso.error.class", b"?").decode()
+        for d in dead.records[settings.topics.dlq]
+    )
+    dead.close()
+    return f"{len(missing)} missing, e.g. {examples[:5]}; dead letters: {dict(reasons)}"
 
 
 def emitted(col: Any) -> list[str]:

@@ -206,6 +206,9 @@ class Runtime:
         if not s.bootstrap_servers:
             raise ValueError("no Kafka bootstrap servers")
         brokers = [f"kafka://{h.strip()}" for h in s.bootstrap_servers.split(",") if h.strip()]
+        extra: dict[str, Any] = {}
+        if p.producer_max_batch_size is not None:
+            extra["producer_max_batch_size"] = p.producer_max_batch_size
         return faust.App(
             s.app_id,
             broker=brokers,
@@ -227,6 +230,7 @@ class Runtime:
             web_port=s.web_port,
             web_host="0.0.0.0",
             web_in_thread=False,
+            **extra,
         )
 
     def _raw_table(self, name: str, partitions: int) -> faust.Table:

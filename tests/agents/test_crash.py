@@ -91,6 +91,23 @@ def _missing(
     return f"{len(missing)} missing, e.g. {examples[:5]}; dead letters: {dict(reasons)}"
 
 
+def _state_diff(stored: dict[str, Any], replayed: dict[str, Any]) -> str:
+    """Which customers differ, and in which fields (journeys: per journey)."""
+    only = sorted(set(stored) ^ set(replayed))
+    differ = sorted(c for c in set(stored) & set(replayed) if stored[c] != replayed[c])
+    detail = ""
+    if differ:
+        a, b = stored[differ[0]], replayed[differ[0]]
+        fields = [k for k in b if a.get(k) != b.get(k)]
+        journeys = {
+            j: (a["journeys"].get(j), b["journeys"].get(j))
+            for j in b["journeys"]
+            if a["journeys"].get(j) != b["journeys"].get(j)
+        }
+        detail = f"; first: {differ[0]} fields {fields} journeys {journeys}"
+    return f"{len(differ)} customers differ, {len(only)} only on one side{detail}"[:3000]
+
+
 def emitted(col: Any) -> list[str]:
     return [a["action_id"] for t in action_topics(col.settings) for a in col.records[t]]
 
@@ -138,13 +155,11 @@ def test_sigkill_mid_stream_loses_nothing(cluster: Cluster, collect: Collect) ->
     # duplicates are allowed after a crash (at-least-once), but only of existing ids
     assert len(got) >= len(set(got))
 
-    def same_state() -> bool:
-        stored = changelog_states(settings)
-        return stored == states
-
     deadline = time.monotonic() + 60
-    while not same_state():
-        assert time.monotonic() < deadline, "table state differs from the offline replay"
+    while (stored := changelog_states(settings)) != states:
+        assert time.monotonic() < deadline, (
+            f"table state differs from the offline replay: {_state_diff(stored, states)}"
+        )
         time.sleep(1)
 
 

@@ -38,6 +38,7 @@ from faust.types import TP
 from mode import CrashingSupervisor
 from prometheus_client import CollectorRegistry
 
+from agents import patches
 from agents.metrics import CONTENT_TYPE, Metrics
 from agents.outbox import Outgoing, Position, outputs_for
 from agents.processor import (
@@ -75,49 +76,6 @@ def now_ms() -> int:
 def partition_for(customer_id: str, partitions: int) -> int:
     """The partition of a customer id: murmur2, like the Java client (and Faust) default."""
     return (murmur2(customer_id.encode()) & 0x7FFFFFFF) % partitions
-
-
-def _flush_producer_buffer_completely() -> None:
-    """faust-streaming 0.15.3: ``ProducerBuffer.flush()`` (run before every offset commit) gives
-    up after waiting 0.1 s for one record, even with records still buffered, so offsets can be
-    committed ahead of the changelog records (table writes) they depend on; a crash then loses
-    state. Flush until the buffer is empty. Upstream candidate; guarded by version."""
-    from faust.transport.producer import ProducerBuffer
-
-    if getattr(ProducerBuffer.flush, "_percorso_complete", False):
-        return
-
-    async def flush(self: Any) -> None:
-        while self.size:
-            await self.flush_atmost(None)
-
-    flush._percorso_complete = True  # type: ignore[attr-defined]
-    ProducerBuffer.flush = flush  # type: ignore[method-assign]
-
-
-def _override_fetch_wait(fetch_max_wait_ms: int) -> None:
-    """faust-streaming 0.15 builds its aiokafka consumer with fetch_max_wait_ms=1500 and no
-    setting to change it. Brokers that hold fetches that long (the embedded broker's profile
-    says so) would delay every record; the consumer reads the value when it starts, so it is
-    set on the consumer faust creates. Guarded: without the method, nothing is patched."""
-    from faust.transport.drivers import aiokafka as driver
-
-    thread = getattr(driver, "AIOKafkaConsumerThread", None)
-    create = getattr(thread, "_create_worker_consumer", None)
-    if create is None or getattr(create, "_percorso_fetch_wait", None) == fetch_max_wait_ms:
-        if create is None:
-            log.warning("cannot set fetch_max_wait_ms on this faust version")
-        return
-    original = getattr(create, "_percorso_original", create)
-
-    def create_worker_consumer(self: Any, *args: Any, **kwargs: Any) -> Any:
-        consumer = original(self, *args, **kwargs)
-        consumer._fetch_max_wait_ms = fetch_max_wait_ms
-        return consumer
-
-    create_worker_consumer._percorso_original = original  # type: ignore[attr-defined]
-    create_worker_consumer._percorso_fetch_wait = fetch_max_wait_ms  # type: ignore[attr-defined]
-    thread._create_worker_consumer = create_worker_consumer  # type: ignore[union-attr]
 
 
 @dataclass
@@ -193,15 +151,7 @@ class Runtime:
     # -- the app ----------------------------------------------------------------------------
 
     def _create_app(self) -> faust.App:
-        if faust.__version__ == "0.15.3":
-            _flush_producer_buffer_completely()
-        else:
-            log.warning(
-                "faust %s: check whether ProducerBuffer.flush still returns early",
-                faust.__version__,
-            )
-        if self.profile.fetch_max_wait_ms is not None:
-            _override_fetch_wait(self.profile.fetch_max_wait_ms)
+        patches.apply(self.profile.fetch_max_wait_ms)
         s, p = self.settings, self.profile
         if not s.bootstrap_servers:
             raise ValueError("no Kafka bootstrap servers")
@@ -339,6 +289,18 @@ class Runtime:
 
     async def _on_touchpoint(self, message: Any, now: int) -> None:
         progress = self._progress(message.partition)
+        expected = progress.next_offset.get(message.topic)
+        if expected is not None and message.offset > expected:
+            self.metrics.offset_gaps.labels(
+                "input" if message.topic == self.settings.topics.touchpoints else "repartition"
+            ).inc()
+            log.warning(
+                "%s[%s]: offsets %s to %s were not seen",
+                message.topic,
+                message.partition,
+                expected,
+                message.offset - 1,
+            )
         progress.next_offset[message.topic] = message.offset + 1
         source = Position(message.topic, message.partition, message.offset)
         metrics = self.metrics

@@ -194,6 +194,14 @@ class Metrics:
             "percorso_state_bytes", "Size of this worker's RocksDB state on disk.", registry=r
         )
         self.ticks = Counter("percorso_ticks_total", "Wake-up ticks processed.", registry=r)
+        self.offset_gaps = Counter(
+            "percorso_input_offset_gaps_total",
+            "Times a partition's next record came after a jump in offsets. Transactional "
+            "producers leave such gaps (their commit markers take offsets); otherwise records "
+            "were skipped and this is a bug.",
+            ["topic"],
+            registry=r,
+        )
 
     def channel(self, name: str) -> str:
         return name if name in self.channels else "other"

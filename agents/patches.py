@@ -1,0 +1,276 @@
+"""Small fixes to faust-streaming that Percorso carries, each guarded by version and documented
+as an upstream candidate (docs/architecture.md lists them). Every one is idempotent: applying
+twice changes nothing. ``apply`` is called once, before the Faust app is built.
+
+- ``ProducerBuffer.flush`` returns before the buffer is empty (durability).
+- ``seek_to_committed`` skips partitions without a committed offset, so records dropped from
+  the stream buffers when recovery completes are never read again (durability).
+- ``Consumer._drain_messages`` runs every record through ``wait_first`` (several asyncio tasks
+  per record) even when handing it over does not block (speed).
+- The consumer's ``fetch_max_wait_ms`` is hardcoded (embedded broker only: latency).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine, Generator
+from typing import Any, cast
+
+import faust
+
+log = logging.getLogger("percorso.agents")
+
+PATCHED_VERSION = "0.15.3"
+
+
+def apply(fetch_max_wait_ms: int | None = None) -> None:
+    if faust.__version__ == PATCHED_VERSION:
+        flush_producer_buffer_completely()
+        seek_uncommitted_to_beginning()
+        drain_without_tasks()
+    else:
+        log.warning(
+            "faust %s (patches were written for %s): check whether ProducerBuffer.flush still "
+            "returns early, whether seek_to_committed still skips partitions without a "
+            "committed offset, and whether _drain_messages still calls wait_first per record",
+            faust.__version__,
+            PATCHED_VERSION,
+        )
+    if fetch_max_wait_ms is not None:
+        override_fetch_wait(fetch_max_wait_ms)
+
+
+def flush_producer_buffer_completely() -> None:
+    """``ProducerBuffer.flush()`` (run before every offset commit) gives up after waiting 0.1 s
+    for one record, even with records still buffered, so offsets can be committed ahead of the
+    changelog records (table writes) they depend on; a crash then loses state. Flush until the
+    buffer is empty."""
+    from faust.transport.producer import ProducerBuffer
+
+    if getattr(ProducerBuffer.flush, "_percorso_complete", False):
+        return
+
+    async def flush(self: Any) -> None:
+        while self.size:
+            await self.flush_atmost(None)
+
+    flush._percorso_complete = True  # type: ignore[attr-defined]
+    ProducerBuffer.flush = flush  # type: ignore[method-assign]
+
+
+def seek_uncommitted_to_beginning() -> None:
+    """When table recovery completes, faust resumes the stream partitions, drops what its stream
+    buffers hold, and seeks the stream partitions to their committed offsets, so that dropped
+    records are read again. aiokafka's ``seek_to_committed`` skips partitions whose committed
+    offset is missing or 0, and there the consumer carries on *after* the dropped records: they
+    are never processed, and faust acks the jump as a gap and commits over it. Seen when a
+    worker restarts before its first commit with records waiting (a crash soon after start).
+
+    Seek those partitions to the beginning, where ``auto_offset_reset=earliest`` (the runtime's
+    setting) starts them. Changelog partitions are left alone: recovery seeks them itself."""
+    from faust.transport.drivers import aiokafka as driver
+
+    thread = getattr(driver, "AIOKafkaConsumerThread", None)
+    original = getattr(thread, "seek_to_committed", None)
+    if original is None or getattr(original, "_percorso_seek_unset", False):
+        if original is None:
+            log.warning("cannot guard seek_to_committed on this faust version")
+        return
+
+    async def seek_to_committed(self: Any) -> Any:
+        committed = await original(self)
+        targets = uncommitted_stream_partitions(self.app, committed)
+        if targets:
+            await self.call_thread(self._ensure_consumer().seek_to_beginning, *targets)
+        return committed
+
+    seek_to_committed._percorso_seek_unset = True  # type: ignore[attr-defined]
+    thread.seek_to_committed = seek_to_committed  # type: ignore[union-attr]
+
+
+def uncommitted_stream_partitions(app: Any, committed: dict[Any, int | None]) -> list[Any]:
+    """The stream partitions that aiokafka's seek_to_committed left where they were."""
+    if app.conf.consumer_auto_offset_reset != "earliest":
+        return []
+    changelogs = {table.changelog_topic.get_topic_name() for table in app.tables.values()}
+    return [
+        tp
+        for tp, offset in committed.items()
+        if not offset and tp.topic not in changelogs and not tp.topic.endswith("__leader")
+    ]
+
+
+class _Resumed:
+    """An awaitable that carries on a coroutine that was started elsewhere and is suspended on
+    ``pending``: what ``yield from`` would do had the coroutine been awaited from the start.
+    Lets a caller run a coroutine inline and pay for a task only when it blocks."""
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], pending: Any) -> None:
+        self.coro = coro
+        self.pending = pending
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        coro, pending = self.coro, self.pending
+        while True:
+            try:
+                sent = yield pending
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:  # CancelledError included: the coroutine decides
+                try:
+                    pending = coro.throw(exc)
+                except StopIteration as stop:
+                    return stop.value
+            else:
+                try:
+                    pending = coro.send(sent)
+                except StopIteration as stop:
+                    return stop.value
+
+
+def start_inline(coro: Coroutine[Any, Any, Any]) -> tuple[bool, Any]:
+    """Run ``coro`` until it finishes or first suspends. (True, result) if it finished; else
+    (False, an awaitable that carries it on)."""
+    try:
+        pending = coro.send(None)
+    except StopIteration as stop:
+        return True, stop.value
+    return False, _Resumed(coro, pending)
+
+
+def position_reader(consumer: Any) -> Any:
+    """A function giving aiokafka's current position of a partition (None: unknown, being
+    reset, or not assigned), read from the consumer thread's state without a round trip."""
+    thread = consumer._thread
+
+    def position(tp: Any) -> int | None:
+        aio = thread._consumer
+        subscription = aio._subscription.subscription if aio is not None else None
+        assignment = subscription.assignment if subscription is not None else None
+        state = assignment._tp_state.get(tp) if assignment is not None else None
+        return None if state is None else cast(int | None, state._position)
+
+    return position
+
+
+def drain_without_tasks() -> None:
+    """Two changes to ``Consumer._drain_messages``, the loop that hands fetched records to the
+    streams; everything else is faust's loop, unchanged.
+
+    Speed: it hands every record over with ``wait_first(callback(message),
+    suspend_flow.wait())``: four asyncio tasks and an ``asyncio.wait`` per record, 28-40% of a
+    trivial agent's time. The ``wait_first`` is there so that a rebalance can interrupt a
+    hand-over blocked on a full stream buffer. Here the callback first runs inline; only if it
+    blocks does the rest go through ``wait_first`` as before, so the interruption is kept.
+
+    Durability: records fetched before a rebalance are still handed over after it, when the
+    partition has been sought back to its committed offset. Such a stale record moves faust's
+    read offset past the records the seek is about to fetch again, and those are then dropped
+    as already read: they are never processed. A record is now handed over only while
+    aiokafka's position is still past it; otherwise the consumer has been sought back and the
+    record will come again."""
+    from faust.transport import consumer as module
+
+    cls = module.Consumer
+    if getattr(cls._drain_messages, "_percorso_inline", False):
+        return
+    fetching = module.CONSUMER_FETCHING
+
+    async def _drain_messages(self: Any, fetcher: Any) -> None:  # pragma: no cover - faust's
+        callback = self.callback
+        getmany = self.getmany
+        consumer_should_stop = self._stopped.is_set
+        fetcher_should_stop = fetcher._stopped.is_set
+        suspended = self.suspend_flow.is_set
+
+        get_read_offset = self._read_offset.__getitem__
+        set_read_offset = self._read_offset.__setitem__
+        set_flag = self.diag.set_flag
+        unset_flag = self.diag.unset_flag
+        commit_every = self._commit_every
+        acks_enabled_for = self.app.topics.acks_enabled_for
+
+        position_of = position_reader(self)
+
+        yield_every = 100
+        num_since_yield = 0
+        sleep = asyncio.sleep
+
+        try:
+            while not (consumer_should_stop() or fetcher_should_stop()):
+                set_flag(fetching)
+                ait = cast(Any, getmany(timeout=1.0))
+                await self.sleep(0)
+                if not self.should_stop:
+                    async for tp, message in ait:
+                        num_since_yield += 1
+                        if num_since_yield > yield_every:
+                            await sleep(0)
+                            num_since_yield = 0
+                        offset = message.offset
+                        position = position_of(tp)
+                        if position is None or offset >= position:
+                            continue  # sought back since it was fetched: it comes again
+                        r_offset = get_read_offset(tp)
+                        if r_offset is None or offset >= r_offset:
+                            gap = offset - (r_offset or 0)
+                            if gap > 1 and r_offset and acks_enabled_for(message.topic):
+                                await self._add_gap(tp, r_offset + 1, offset)
+                            if commit_every is not None and self._n_acked >= commit_every:
+                                self._n_acked = 0
+                                await self.commit()
+                            if suspended():
+                                await self.wait_first(callback(message), self.suspend_flow.wait())
+                            else:
+                                done, rest = start_inline(callback(message))
+                                if not done:
+                                    await self.wait_first(rest, self.suspend_flow.wait())
+                            set_read_offset(tp, offset)
+                        else:
+                            self.log.dev("DROPPED MESSAGE ROFF %r", offset)
+                    unset_flag(fetching)
+        except self.consumer_stopped_errors:
+            if self.transport.app.should_stop:
+                self.log.info("Broker stopped consumer, shutting down...")
+                return
+            raise
+        except asyncio.CancelledError:
+            if self.transport.app.should_stop:
+                self.log.info("Consumer shutting down for user cancel.")
+                return
+            raise
+        except Exception as exc:
+            self.log.exception("Drain messages raised: %r", exc)
+            raise
+        finally:
+            unset_flag(fetching)
+
+    _drain_messages._percorso_inline = True  # type: ignore[attr-defined]
+    cls._drain_messages = _drain_messages  # type: ignore[method-assign]
+
+
+def override_fetch_wait(fetch_max_wait_ms: int) -> None:
+    """faust-streaming 0.15 builds its aiokafka consumer with fetch_max_wait_ms=1500 and no
+    setting to change it. Brokers that hold fetches that long (the embedded broker's profile
+    says so) would delay every record; the consumer reads the value when it starts, so it is
+    set on the consumer faust creates. Guarded: without the method, nothing is patched."""
+    from faust.transport.drivers import aiokafka as driver
+
+    thread = getattr(driver, "AIOKafkaConsumerThread", None)
+    create = getattr(thread, "_create_worker_consumer", None)
+    if create is None or getattr(create, "_percorso_fetch_wait", None) == fetch_max_wait_ms:
+        if create is None:
+            log.warning("cannot set fetch_max_wait_ms on this faust version")
+        return
+    original = getattr(create, "_percorso_original", create)
+
+    def create_worker_consumer(self: Any, *args: Any, **kwargs: Any) -> Any:
+        consumer = original(self, *args, **kwargs)
+        consumer._fetch_max_wait_ms = fetch_max_wait_ms
+        return consumer
+
+    create_worker_consumer._percorso_original = original  # type: ignore[attr-defined]
+    create_worker_consumer._percorso_fetch_wait = fetch_max_wait_ms  # type: ignore[attr-defined]
+    thread._create_worker_consumer = create_worker_consumer  # type: ignore[union-attr]

@@ -1,0 +1,123 @@
+"""The faust fixes Percorso carries (agents/patches.py), each on its own. The end-to-end and
+crash tests run every one of them against the real broker."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
+import faust
+import pytest
+
+from agents import patches
+
+
+async def _quick(value: int) -> int:
+    return value * 2
+
+
+async def _blocking(gate: asyncio.Future[int], trail: list[str]) -> int:
+    trail.append("started")
+    try:
+        value = await gate
+    except asyncio.CancelledError:
+        trail.append("cancelled")
+        raise
+    trail.append("resumed")
+    return value + 1
+
+
+def test_a_coroutine_that_does_not_block_finishes_inline() -> None:
+    done, result = patches.start_inline(_quick(21))
+    assert (done, result) == (True, 42)
+
+
+def test_a_coroutine_that_blocks_is_carried_on_by_whoever_awaits_the_rest() -> None:
+    async def scenario() -> tuple[list[str], int]:
+        gate: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        trail: list[str] = []
+        done, rest = patches.start_inline(_blocking(gate, trail))
+        assert not done and trail == ["started"]
+        task = asyncio.ensure_future(rest)
+        await asyncio.sleep(0)
+        gate.set_result(1)
+        return trail, await task
+
+    trail, result = asyncio.run(scenario())
+    assert trail == ["started", "resumed"] and result == 2
+
+
+def test_a_blocked_hand_over_can_still_be_interrupted() -> None:
+    """What wait_first does on a rebalance: the first of (hand-over, suspend) wins and the
+    other is cancelled; the interrupted coroutine sees the cancellation."""
+
+    async def scenario() -> list[str]:
+        gate: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        trail: list[str] = []
+        suspend = asyncio.Event()
+        _, rest = patches.start_inline(_blocking(gate, trail))
+        hand_over = asyncio.ensure_future(rest)
+        suspended = asyncio.ensure_future(suspend.wait())
+        suspend.set()
+        done, pending = await asyncio.wait(
+            {hand_over, suspended}, return_when=asyncio.FIRST_COMPLETED
+        )
+        assert suspended in done and hand_over in pending
+        hand_over.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await hand_over
+        return trail
+
+    assert asyncio.run(scenario()) == ["started", "cancelled"]
+
+
+def _app(reset: str = "earliest") -> Any:
+    table = SimpleNamespace(
+        changelog_topic=SimpleNamespace(get_topic_name=lambda: "app-state-changelog")
+    )
+    return SimpleNamespace(
+        conf=SimpleNamespace(consumer_auto_offset_reset=reset), tables={"state": table}
+    )
+
+
+def test_stream_partitions_without_a_committed_offset_are_sought_to_the_beginning() -> None:
+    from faust.types import TP as tp
+
+    committed: dict[Any, int | None] = {
+        tp(topic="touchpoints", partition=0): None,  # never committed: aiokafka left it
+        tp(topic="touchpoints", partition=1): 0,  # committed 0: aiokafka left it too
+        tp(topic="touchpoints", partition=2): 57,  # aiokafka sought it
+        tp(topic="app-state-changelog", partition=0): None,  # recovery's business
+        tp(topic="app-__assignor-__leader", partition=0): None,
+    }
+    chosen = patches.uncommitted_stream_partitions(_app(), committed)
+    assert [(t.topic, t.partition) for t in chosen] == [("touchpoints", 0), ("touchpoints", 1)]
+    assert patches.uncommitted_stream_partitions(_app("latest"), committed) == []
+
+
+@pytest.mark.skipif(faust.__version__ != patches.PATCHED_VERSION, reason="patches are guarded")
+def test_patches_apply_once_and_mark_what_they_replaced() -> None:
+    from faust.transport import consumer
+    from faust.transport.drivers import aiokafka as driver
+    from faust.transport.producer import ProducerBuffer
+
+    patches.apply(50)
+    first = (
+        ProducerBuffer.flush,
+        driver.AIOKafkaConsumerThread.seek_to_committed,
+        consumer.Consumer._drain_messages,
+        driver.AIOKafkaConsumerThread._create_worker_consumer,
+    )
+    patches.apply(50)
+    again = (
+        ProducerBuffer.flush,
+        driver.AIOKafkaConsumerThread.seek_to_committed,
+        consumer.Consumer._drain_messages,
+        driver.AIOKafkaConsumerThread._create_worker_consumer,
+    )
+    assert first == again
+    assert getattr(first[0], "_percorso_complete", False)
+    assert getattr(first[1], "_percorso_seek_unset", False)
+    assert getattr(first[2], "_percorso_inline", False)
+    assert getattr(first[3], "_percorso_fetch_wait", None) == 50

@@ -1,4 +1,4 @@
-"""The Faust app: one stateful agent, two RocksDB tables, a tick timer. Thin by design: every
+"""The Faust app: one stateful agent, one RocksDB table, timers. Thin by design: every
 decision is made by ``agents.processor.Processor`` and the journey engine.
 
 Topics (all co-partitioned, so Faust assigns partition *p* of each to the same worker):
@@ -8,10 +8,12 @@ Topics (all co-partitioned, so Faust assigns partition *p* of each to the same w
 
 One table (``rocksdb://``, changelogged, compacted), ``state``: customers' states, the
 per-partition deadline index and tick pointers (see ``agents.processor``), all in one changelog
-so that what survives a crash is always a prefix of what was written. It is written only inside
-stream iteration, where Faust knows the partition of the current event. Outputs are kept in the
-customer's stored value until their source offset is committed (``agents.outbox``), and re-sent
-if that message is processed again after a crash.
+so that what survives a crash is always a prefix of what was written. It is written only while
+a record of the same partition is processed, straight to that partition's RocksDB and changelog
+(``_put``), and outputs are queued on the same producer buffer as the changelog records; Faust
+flushes that buffer before it commits offsets. Outputs are kept in the customer's stored value
+until their source offset is committed (``agents.outbox``), and re-sent if that message is
+processed again after a crash.
 
 Why ticks are decided when processed, not when sent: Faust merges the three topics into one
 stream without ordering between them, so a tick may overtake touchpoints of the same partition
@@ -136,6 +138,7 @@ class Runtime:
             t.touchpoints, self.repartition_name, self.ticks_name, partitions=n, **RAW
         )
         self.state = self._raw_table("state", n)
+        self.changelog_name = self.state.changelog_topic.get_topic_name()
         self._out: dict[str, faust.TopicT] = {}
         self.app.agent(self.source, name="orchestrate", concurrency=1)(self._orchestrate)
         self.app.timer(interval=options.tick_interval_s, name="schedule_ticks")(
@@ -151,14 +154,14 @@ class Runtime:
     # -- the app ----------------------------------------------------------------------------
 
     def _create_app(self) -> faust.App:
-        patches.apply(self.profile.fetch_max_wait_ms)
+        patches.apply(
+            self.profile.fetch_max_wait_ms,
+            self.settings.kafka_config() if self.profile.end_offsets_from_fetch else None,
+        )
         s, p = self.settings, self.profile
         if not s.bootstrap_servers:
             raise ValueError("no Kafka bootstrap servers")
         brokers = [f"kafka://{h.strip()}" for h in s.bootstrap_servers.split(",") if h.strip()]
-        extra: dict[str, Any] = {}
-        if p.producer_max_batch_size is not None:
-            extra["producer_max_batch_size"] = p.producer_max_batch_size
         return faust.App(
             s.app_id,
             broker=brokers,
@@ -180,7 +183,6 @@ class Runtime:
             web_port=s.web_port,
             web_host="0.0.0.0",
             web_in_thread=False,
-            **extra,
         )
 
     def _raw_table(self, name: str, partitions: int) -> faust.Table:
@@ -220,11 +222,25 @@ class Runtime:
             topic = self._out[name] = self.app.topic(name, **RAW)
         return topic
 
-    async def _send(self, out: Outgoing, partition: int | None = None) -> None:
-        future = await self._topic(out.topic).send(
-            key=out.key, value=out.value, headers=out.headers or None, partition=partition
-        )
-        future.add_done_callback(self._on_sent)  # type: ignore[attr-defined]
+    async def _produce(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: list[tuple[str, bytes]] | None = None,
+        partition: int | None = None,
+    ) -> Any:
+        """Hand a record to the Kafka producer; returns the future of its delivery. Outputs and
+        changelog records go the same way, in the order they are made, and Faust flushes the
+        producer (``Producer.flush``: its buffer, then this producer) before every offset
+        commit. Faust's own send path (a buffer, a task and several futures per record) cost
+        more than the rest of a record's processing."""
+        producer = self.app.producer._ensure_producer()  # type: ignore[attr-defined]
+        return await producer.send(topic, value, key=key, partition=partition, headers=headers)
+
+    async def _send(self, out: Outgoing) -> None:
+        future = await self._produce(out.topic, out.key, out.value, out.headers or None)
+        future.add_done_callback(self._on_sent)
 
     def _on_sent(self, future: Any) -> None:
         """Nobody awaits an output's delivery: a failure must at least be seen."""
@@ -251,6 +267,33 @@ class Runtime:
     async def _send_all(self, outgoing: Iterable[Outgoing]) -> None:
         for out in outgoing:
             await self._send(out)
+
+    # -- the state table, by partition ------------------------------------------------------
+
+    def _get(self, partition: int, key: bytes) -> bytes | None:
+        return cast(bytes | None, self._partition_db(partition).get(key))
+
+    async def _put(self, partition: int, key: bytes, value: bytes | None) -> None:
+        """Write (None: delete) a key of the partition being processed: its changelog record,
+        then the local RocksDB. What faust's ``Table.__setitem__`` does, without its per-write
+        layers (the current-event lookup, the key index, sensors, the producer buffer). The
+        delivery callback records the changelog offset in RocksDB, as faust's does, so a
+        restart reads only the changelog's tail."""
+        future = await self._produce(self.changelog_name, key, value, partition=partition)
+        future.add_done_callback(self._on_changelog_sent)
+        db = self._partition_db(partition)
+        if value is None:
+            db.delete(key)
+        else:
+            db.put(key, value)
+
+    def _on_changelog_sent(self, future: Any) -> None:
+        if future.cancelled() or future.exception() is not None:
+            self._on_sent(future)
+        else:
+            self.state.data.set_persisted_offset(
+                future.result().topic_partition, future.result().offset
+            )
 
     # -- the agent --------------------------------------------------------------------------
 
@@ -331,7 +374,7 @@ class Runtime:
         progress.watermark = t if progress.watermark is None else max(progress.watermark, t)
         key = customer_key(customer_id)
         applied = self.processor.apply(
-            self.state.get(key), touchpoint, now, source, self._committed()
+            self._get(message.partition, key), touchpoint, now, source, self._committed()
         )
         await self._send_all(applied.resend)  # a crash lost them last time: send again
         outcome = applied.step.outcome
@@ -350,16 +393,21 @@ class Runtime:
             metrics.last_event.set(t / 1000)
         # A duplicate is stored again too: after a crash the local RocksDB may be ahead of the
         # changelog, and this write is what brings the changelog up to date.
-        await self._store(key, applied, now, touchpoint)
+        await self._store(message.partition, key, applied, now, touchpoint)
 
     async def _store(
-        self, key: bytes, applied: Applied, now: int, touchpoint: dict[str, Any] | None = None
+        self,
+        partition: int,
+        key: bytes,
+        applied: Applied,
+        now: int,
+        touchpoint: dict[str, Any] | None = None,
     ) -> None:
         """Send, then write the state (its outbox holds what was sent), then index it."""
         await self._send_all(applied.outgoing)
-        self.state[key] = applied.stored
+        await self._put(partition, key, applied.stored)
         if applied.index_add is not None:
-            self.state[applied.index_add] = b""
+            await self._put(partition, applied.index_add, b"")
         self.metrics.observe_step(applied.step, now, touchpoint)
 
     async def _dead_letter(
@@ -428,7 +476,9 @@ class Runtime:
         progress.tick_sent_at = None
         source = Position(message.topic, partition, message.offset)
         committed = self._committed()
-        self._prune_tick_pointers(progress, committed.get((message.topic, partition), -1))
+        await self._prune_tick_pointers(
+            partition, progress, committed.get((message.topic, partition), -1)
+        )
         await self._resend_tick(source)
         try:
             requested = int(json.loads(message.value)["at"])
@@ -447,7 +497,7 @@ class Runtime:
             chunk = customers[start : start + TICK_CHUNK]
             applied = []
             for customer_id in chunk:
-                stored = self.state.get(customer_key(customer_id))
+                stored = self._get(partition, customer_key(customer_id))
                 if stored is not None:
                     applied.append(
                         (
@@ -458,29 +508,32 @@ class Runtime:
             touched = [c for c, a in applied if a.outgoing]
             if touched:  # before the states: so a re-run of this tick finds their outboxes
                 pointer = tick_pointer_prefix(source) + b"%05d" % chunk_no
-                self.state[pointer] = "\n".join(touched).encode()
+                await self._put(partition, pointer, "\n".join(touched).encode())
                 progress.tick_pointers.append((message.offset, pointer))
             for customer_id, a in applied:
-                await self._store(customer_key(customer_id), a, now)
+                await self._store(partition, customer_key(customer_id), a, now)
             for customer_id in chunk:  # after the states they refer to
                 for key in by_customer[customer_id]:
-                    del self.state[key]
+                    await self._put(partition, key, None)
         self.metrics.ticks.inc()
 
     async def _resend_tick(self, source: Position) -> None:
         """If this tick was processed before a crash, send what it caused again."""
         prefix = tick_pointer_prefix(source)
-        for pointer in self._scan(source.partition, prefix, prefix + b"\xff"):
-            for customer_id in (self.state.get(pointer) or b"").decode().split("\n"):
-                stored = self.state.get(customer_key(customer_id)) if customer_id else None
+        partition = source.partition
+        for pointer in self._scan(partition, prefix, prefix + b"\xff"):
+            for customer_id in (self._get(partition, pointer) or b"").decode().split("\n"):
+                stored = self._get(partition, customer_key(customer_id)) if customer_id else None
                 if stored is not None:
                     await self._send_all(outputs_for(unpack(stored)[2], source))
 
-    def _prune_tick_pointers(self, progress: PartitionProgress, committed: int) -> None:
+    async def _prune_tick_pointers(
+        self, partition: int, progress: PartitionProgress, committed: int
+    ) -> None:
         keep = []
         for offset, key in progress.tick_pointers:
             if offset < committed:
-                del self.state[key]
+                await self._put(partition, key, None)
             else:
                 keep.append((offset, key))
         progress.tick_pointers = keep

@@ -8,6 +8,8 @@ twice changes nothing. ``apply`` is called once, before the Faust app is built.
 - ``Consumer._drain_messages`` runs every record through ``wait_first`` (several asyncio tasks
   per record) even when handing it over does not block (speed).
 - The consumer's ``fetch_max_wait_ms`` is hardcoded (embedded broker only: latency).
+- End offsets for table recovery come from ListOffsets, which the embedded broker answers
+  wrongly (embedded broker only: durability).
 """
 
 from __future__ import annotations
@@ -24,7 +26,11 @@ log = logging.getLogger("percorso.agents")
 PATCHED_VERSION = "0.15.3"
 
 
-def apply(fetch_max_wait_ms: int | None = None) -> None:
+def apply(
+    fetch_max_wait_ms: int | None = None, end_offsets_from_fetch: dict[str, Any] | None = None
+) -> None:
+    """``end_offsets_from_fetch``: the Kafka client configuration to read end offsets from
+    fetch responses with, for brokers whose ListOffsets is wrong (the embedded broker)."""
     if faust.__version__ == PATCHED_VERSION:
         flush_producer_buffer_completely()
         seek_uncommitted_to_beginning()
@@ -39,6 +45,8 @@ def apply(fetch_max_wait_ms: int | None = None) -> None:
         )
     if fetch_max_wait_ms is not None:
         override_fetch_wait(fetch_max_wait_ms)
+    if end_offsets_from_fetch is not None:
+        read_end_offsets_from_fetch(end_offsets_from_fetch)
 
 
 def flush_producer_buffer_completely() -> None:
@@ -274,3 +282,72 @@ def override_fetch_wait(fetch_max_wait_ms: int) -> None:
     create_worker_consumer._percorso_original = original  # type: ignore[attr-defined]
     create_worker_consumer._percorso_fetch_wait = fetch_max_wait_ms  # type: ignore[attr-defined]
     thread._create_worker_consumer = create_worker_consumer  # type: ignore[union-attr]
+
+
+def read_end_offsets_from_fetch(kafka_config: dict[str, Any]) -> None:
+    """Table recovery reads a changelog up to its end offset, asked with ListOffsets. A broker
+    that answers ListOffsets with the base offset of the last record batch + 1 (the embedded
+    broker does, when that batch holds several records) makes recovery stop short. The answer
+    is corrected with the high watermark of a fetch from just before it."""
+    from faust.transport.drivers import aiokafka as driver
+
+    thread = getattr(driver, "AIOKafkaConsumerThread", None)
+    original = getattr(thread, "highwaters", None)
+    if original is None:
+        log.warning("cannot correct end offsets on this faust version")
+        return
+    original = getattr(original, "_percorso_original", original)
+
+    async def highwaters(self: Any, *partitions: Any) -> Any:
+        reported = dict(await original(self, *partitions))
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, fetched_end_offsets, kafka_config, reported)
+
+    highwaters._percorso_original = original  # type: ignore[attr-defined]
+    thread.highwaters = highwaters  # type: ignore[union-attr]
+
+
+def fetched_end_offsets(
+    kafka_config: dict[str, Any], reported: dict[Any, int | None], timeout: float = 15.0
+) -> dict[Any, int | None]:
+    """``reported`` end offsets, each replaced by the high watermark of a fetch from one before
+    it. Partitions reported empty are left alone (the misreport is never 0 for a partition with
+    records), and so is any partition the fetch does not answer in time (logged)."""
+    import time
+
+    from confluent_kafka import Consumer, TopicPartition
+
+    probe = {(tp.topic, tp.partition): tp for tp, end in reported.items() if end and end > 0}
+    if not probe:
+        return reported
+    consumer = Consumer(
+        {
+            **kafka_config,
+            "group.id": "percorso-end-offsets",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            "fetch.wait.max.ms": 10,
+        }
+    )
+    corrected = dict(reported)
+    try:
+        consumer.assign(
+            [TopicPartition(t, p, int(reported[tp] or 1) - 1) for (t, p), tp in probe.items()]
+        )
+        deadline = time.monotonic() + timeout
+        while probe and time.monotonic() < deadline:
+            for message in consumer.consume(500, timeout=0.2):
+                tp = probe.get((message.topic(), message.partition()))
+                if tp is None:
+                    continue
+                _, high = consumer.get_watermark_offsets(
+                    TopicPartition(tp.topic, tp.partition), cached=True
+                )
+                if high is not None and high >= 0:
+                    del probe[(tp.topic, tp.partition)]
+                    corrected[tp] = max(int(reported[tp] or 0), high)
+    finally:
+        consumer.close()
+    if probe:
+        log.warning("end offsets not confirmed by a fetch, kept as reported: %s", sorted(probe))
+    return corrected

@@ -45,10 +45,10 @@ class BrokerProfile:
     # (faust hardcodes 1500 ms: ~0.5 s median delay per record). None: leave the client's.
     fetch_max_wait_ms: int | None = None
     # Tansu answers ListOffsets(latest) wrongly when the last batch holds several records, so
-    # faust's table recovery stops short of the changelog's end and states revert while
-    # committed offsets are past the events they lack: lost updates after a crash. One record
-    # per producer batch keeps its answer right. None: the client's default.
-    producer_max_batch_size: int | None = None
+    # faust's table recovery would stop short of the changelog's end and states would revert
+    # while committed offsets are past the events they lack: lost updates after a crash. Fetch
+    # responses carry the right high watermark: recovery's end offsets are read from a fetch.
+    end_offsets_from_fetch: bool = False
 
 
 PRODUCTION_PROFILE = BrokerProfile(
@@ -72,7 +72,7 @@ EMBEDDED_BROKER_PROFILE = BrokerProfile(
     supports_idempotent_aiokafka=False,
     applies_compaction=False,
     fetch_max_wait_ms=50,
-    producer_max_batch_size=1,
+    end_offsets_from_fetch=True,
 )
 
 # A testcontainers Kafka is real Kafka; only the timeouts are shortened so tests join quickly.

@@ -121,3 +121,30 @@ def test_patches_apply_once_and_mark_what_they_replaced() -> None:
     assert getattr(first[1], "_percorso_seek_unset", False)
     assert getattr(first[2], "_percorso_inline", False)
     assert getattr(first[3], "_percorso_fetch_wait", None) == 50
+
+
+def test_end_offsets_read_from_a_fetch_are_the_real_ends(
+    broker: Any, settings_factory: Any, unique: Any
+) -> None:
+    """Several records per batch (where the embedded broker's ListOffsets goes wrong): the
+    corrected end offset of each partition is its record count, whatever ListOffsets said."""
+    from confluent_kafka import Producer
+    from confluent_kafka.admin import AdminClient, NewTopic
+    from faust.types import TP
+
+    settings = settings_factory()
+    config = settings.kafka_config()
+    topic = unique("ends")
+    admin = AdminClient(config)
+    admin.create_topics([NewTopic(topic, 2, 1)])[topic].result()
+    producer = Producer({**config, "linger.ms": 100})
+    sizes = {0: 37, 1: 5}
+    for partition, count in sizes.items():
+        for n in range(count):
+            producer.produce(topic, value=b"%d" % n, partition=partition)
+    assert producer.flush(30) == 0
+    reported: dict[Any, int | None] = {TP(topic, 0): 1, TP(topic, 1): 5}  # as if misreported
+    ends = patches.fetched_end_offsets(config, reported)
+    assert ends == {TP(topic, 0): 37, TP(topic, 1): 5}
+    empty = {TP(topic, 0): 0}
+    assert patches.fetched_end_offsets(config, empty) == empty  # nothing to confirm

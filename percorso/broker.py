@@ -71,7 +71,7 @@ EMBEDDED_BROKER_PROFILE = BrokerProfile(
     recovery_consistency_check=False,
     supports_idempotent_aiokafka=False,
     applies_compaction=False,
-    fetch_max_wait_ms=50,
+    fetch_max_wait_ms=25,
     end_offsets_from_fetch=True,
 )
 

@@ -449,10 +449,10 @@ class Runtime:
             position = committed or 0
         return position >= highwater
 
-    def due_keys(self, partition: int, until: int) -> list[bytes]:
-        """Deadline-index keys of ``partition`` due at or before ``until``."""
+    def due_keys(self, partition: int, until: int, limit: int | None = None) -> list[bytes]:
+        """Deadline-index keys of ``partition`` due at or before ``until`` (at most ``limit``)."""
         low, high = index_range(partition, until)
-        return self._scan(partition, low, high)
+        return self._scan(partition, low, high, limit)
 
     def _partition_db(self, partition: int) -> Any:
         """The RocksDB database of one partition (faust's store keeps one per partition)."""
@@ -461,11 +461,14 @@ class Runtime:
             raise RuntimeError("the state table needs faust's RocksDB store (rocksdb://)")
         return db_for_partition(partition)
 
-    def _scan(self, partition: int, low: bytes, high: bytes) -> list[bytes]:
-        """Keys in [low, high) of one partition: a sorted range scan of its RocksDB."""
-        keys = []
+    def _scan(
+        self, partition: int, low: bytes, high: bytes, limit: int | None = None
+    ) -> list[bytes]:
+        """Keys in [low, high) of one partition (the first ``limit``): a sorted range scan of
+        its RocksDB."""
+        keys: list[bytes] = []
         for key in self._partition_db(partition).keys(from_key=low):
-            if key >= high:
+            if key >= high or len(keys) == limit:
                 break
             keys.append(key)
         return keys
@@ -569,7 +572,7 @@ class Runtime:
                 continue  # one wake-up in flight per partition
             until = now - self.options.window_grace_ms
             try:
-                due = self.due_keys(tp.partition, until)
+                due = self.due_keys(tp.partition, until, limit=1)  # is anything due?
             except Exception:  # the partition's store is not open yet (recovery)
                 continue
             if not due:
@@ -617,7 +620,7 @@ class Runtime:
             behind = now - progress.watermark if backlog and progress.watermark else 0
             m.lag_seconds.labels(str(partition)).set(max(0, behind) / 1000)
             try:
-                first = self._scan(partition, *index_range(partition, now))[:1]
+                first = self._scan(partition, *index_range(partition, now), limit=1)
             except Exception:  # not open yet (recovery)
                 continue
             if first:

@@ -47,6 +47,9 @@ DAY = 86_400_000
 # The first second after a worker is ready costs up to ~0.5 s once (first fetches, the
 # producer's first metadata for every output topic): latency is measured after this warm-up.
 LATENCY_WARMUP_S = 3.0
+# Restoring a whole changelog from the embedded broker slows down as its partitions grow (about
+# 500 records/s per worker at 2M records): past this, the figure is reported as not reached.
+CHANGELOG_ONLY_LIMIT_S = 600.0
 ALL_SCENARIOS = ("throughput", "latency", "lateness", "recovery", "scaling")
 
 
@@ -531,7 +534,19 @@ def recovery(run: Run, sizes: Sizes) -> dict[str, Any]:
         worker.kill()
         shutil.rmtree(settings.data_dir)
         worker.start()
-        result["changelog_only_to_ready_s"] = round(worker.wait_ready(), 2)
+        try:
+            result["changelog_only_to_ready_s"] = round(
+                worker.wait_ready(CHANGELOG_ONLY_LIMIT_S), 2
+            )
+        except RuntimeError:
+            if not worker.alive():
+                raise
+            remaining = worker.metric("percorso_table_recovery_remaining_messages")
+            result["changelog_only_to_ready_s"] = None
+            result["changelog_only_note"] = (
+                f"not ready after {CHANGELOG_ONLY_LIMIT_S:.0f} s, "
+                f"{remaining:.0f} changelog records still to restore"
+            )
         log(f"recovery: {result}")
     finally:
         worker.stop()
@@ -616,7 +631,8 @@ def table(results: dict[str, Any]) -> str:
         lines.append(
             f"recovery at {r['customers']:,} customers: ready {r['restart_to_ready_s']} s"
             f" (lag 0 at {r['restart_to_lag_zero_s']} s), changelog only "
-            f"{r['changelog_only_to_ready_s']} s; RSS {r['rss_bytes_per_customer']} "
+            f"{r.get('changelog_only_note') or str(r['changelog_only_to_ready_s']) + ' s'}; "
+            f"RSS {r['rss_bytes_per_customer']} "
             f"B/customer, state {r['state_bytes_per_customer']} B/customer"
         )
     if "scaling" in results:

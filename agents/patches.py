@@ -163,6 +163,12 @@ def position_reader(consumer: Any) -> Any:
     return position
 
 
+def still_ahead(position: int | None, offset: int) -> bool:
+    """Whether the consumer's position is still past a record it fetched: if not, it has been
+    sought back since, and the record will be fetched again."""
+    return position is not None and offset < position
+
+
 def drain_without_tasks() -> None:
     """Two changes to ``Consumer._drain_messages``, the loop that hands fetched records to the
     streams; everything else is faust's loop, unchanged.
@@ -178,7 +184,11 @@ def drain_without_tasks() -> None:
     read offset past the records the seek is about to fetch again, and those are then dropped
     as already read: they are never processed. A record is now handed over only while
     aiokafka's position is still past it; otherwise the consumer has been sought back and the
-    record will come again."""
+    record will come again. For the same reason, a record whose hand-over blocked does not
+    set faust's read offset if a seek happened meanwhile: the seek reset the read offset to
+    the committed one, and writing the record's offset over it would drop every re-fetched
+    record below it (seen after a restart with no committed offset: the whole partition up to
+    that record was skipped)."""
     from faust.transport import consumer as module
 
     cls = module.Consumer
@@ -218,8 +228,7 @@ def drain_without_tasks() -> None:
                             await sleep(0)
                             num_since_yield = 0
                         offset = message.offset
-                        position = position_of(tp)
-                        if position is None or offset >= position:
+                        if not still_ahead(position_of(tp), offset):
                             continue  # sought back since it was fetched: it comes again
                         r_offset = get_read_offset(tp)
                         if r_offset is None or offset >= r_offset:
@@ -235,7 +244,10 @@ def drain_without_tasks() -> None:
                                 done, rest = start_inline(callback(message))
                                 if not done:
                                     await self.wait_first(rest, self.suspend_flow.wait())
-                            set_read_offset(tp, offset)
+                            if still_ahead(position_of(tp), offset):
+                                set_read_offset(tp, offset)
+                            # else: sought back while it was handed over (a rebalance); the
+                            # seek set the read offset, which this one must not overwrite.
                         else:
                             self.log.dev("DROPPED MESSAGE ROFF %r", offset)
                     unset_flag(fetching)

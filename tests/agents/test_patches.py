@@ -148,3 +148,12 @@ def test_end_offsets_read_from_a_fetch_are_the_real_ends(
     assert ends == {TP(topic, 0): 37, TP(topic, 1): 5}
     empty = {TP(topic, 0): 0}
     assert patches.fetched_end_offsets(config, empty) == empty  # nothing to confirm
+
+
+def test_a_record_counts_as_read_only_while_the_position_is_past_it() -> None:
+    """The hand-over's guard: after a seek back to (or before) a record, or while the
+    partition is being reset, the record is not marked read; it will be fetched again."""
+    assert patches.still_ahead(120, 119)
+    assert not patches.still_ahead(119, 119)  # sought back to it
+    assert not patches.still_ahead(0, 119)  # sought to the beginning
+    assert not patches.still_ahead(None, 119)  # position unknown: being reset

@@ -53,6 +53,10 @@ def producer(settings: Settings, **overrides: Any) -> Any:
         "acks": "all",
         "linger.ms": 20,
         "compression.type": "lz4",
+        # The Java client's partitioner (murmur2), as Percorso's repartition topic and the
+        # docs expect: librdkafka's default (CRC32) would put a customer's keyed touchpoints
+        # on another partition than its re-keyed ones, splitting its state.
+        "partitioner": "murmur2_random",
         "logger": log,
         **overrides,
     }

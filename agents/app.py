@@ -55,6 +55,7 @@ from agents.processor import (
     tick_pointer_prefix,
     unpack,
 )
+from agents.producer import OutputProducer
 from journeys.engine import Engine, Tick
 from journeys.model import Catalog
 from journeys.vocabulary import STANDARD_CHANNELS
@@ -69,6 +70,7 @@ TICK_CHUNK = 500  # customers per tick pointer
 OBSERVE_INTERVAL_S = 5.0
 PARTITION_SEND_ATTEMPTS = 10
 CENSUS_INTERVAL_S = 30.0
+SERVE_EVERY = 100  # records between runs of the output producer's delivery reports
 
 
 def now_ms() -> int:
@@ -118,11 +120,13 @@ class Runtime:
         self.processor = Processor(settings, Engine(catalog), self.codecs)
         self.progress: dict[int, PartitionProgress] = {}
         self.latest_event_ms = 0
-        self.failed_sends = 0
         self._committed_cache: dict[tuple[str, int], int] = {}
         self._committed_at = 0.0
         self.metrics = Metrics(registry, channels=STANDARD_CHANNELS | catalog.channels())
         self.app = self._create_app()
+        self.output = OutputProducer(settings)
+        self.output.attach(self.app.producer, then=self._store_persisted)
+        self._persisted: dict[int, int] = {}  # changelog partition -> offset delivered
         n = options.partitions
         t = settings.topics
         self.repartition_name = f"{settings.app_id}-repartition"
@@ -222,31 +226,8 @@ class Runtime:
             topic = self._out[name] = self.app.topic(name, **RAW)
         return topic
 
-    async def _produce(
-        self,
-        topic: str,
-        key: bytes | None,
-        value: bytes | None,
-        headers: list[tuple[str, bytes]] | None = None,
-        partition: int | None = None,
-    ) -> Any:
-        """Hand a record to the Kafka producer; returns the future of its delivery. Outputs and
-        changelog records go the same way, in the order they are made, and Faust flushes the
-        producer (``Producer.flush``: its buffer, then this producer) before every offset
-        commit. Faust's own send path (a buffer, a task and several futures per record) cost
-        more than the rest of a record's processing."""
-        producer = self.app.producer._ensure_producer()  # type: ignore[attr-defined]
-        return await producer.send(topic, value, key=key, partition=partition, headers=headers)
-
     async def _send(self, out: Outgoing) -> None:
-        future = await self._produce(out.topic, out.key, out.value, out.headers or None)
-        future.add_done_callback(self._on_sent)
-
-    def _on_sent(self, future: Any) -> None:
-        """Nobody awaits an output's delivery: a failure must at least be seen."""
-        if not future.cancelled() and future.exception() is not None:
-            self.failed_sends += 1
-            log.error("an output was not delivered: %r", future.exception())
+        await self.output.send(out.topic, out.key, out.value, out.headers or None)
 
     async def _send_to_partition(
         self, topic: faust.TopicT, partition: int, key: bytes, value: bytes, headers: Any = None
@@ -276,29 +257,49 @@ class Runtime:
     async def _put(self, partition: int, key: bytes, value: bytes | None) -> None:
         """Write (None: delete) a key of the partition being processed: its changelog record,
         then the local RocksDB. What faust's ``Table.__setitem__`` does, without its per-write
-        layers (the current-event lookup, the key index, sensors, the producer buffer). The
-        delivery callback records the changelog offset in RocksDB, as faust's does, so a
-        restart reads only the changelog's tail."""
-        future = await self._produce(self.changelog_name, key, value, partition=partition)
-        future.add_done_callback(self._on_changelog_sent)
+        layers (the current-event lookup, the key index, sensors, the producer buffer). Outputs
+        and changelog records go through one producer (``agents.producer``), in the order they
+        are made; the delivery reports record the changelog offset in RocksDB, as faust does,
+        so a restart reads only the changelog's tail."""
+        await self.output.send(
+            self.changelog_name,
+            key,
+            value,
+            partition=partition,
+            on_delivery=self._on_changelog_sent,
+        )
         db = self._partition_db(partition)
         if value is None:
             db.delete(key)
         else:
             db.put(key, value)
 
-    def _on_changelog_sent(self, future: Any) -> None:
-        if future.cancelled() or future.exception() is not None:
-            self._on_sent(future)
-        else:
-            self.state.data.set_persisted_offset(
-                future.result().topic_partition, future.result().offset
-            )
+    def _on_changelog_sent(self, topic: str, partition: int, offset: int) -> None:
+        if offset > self._persisted.get(partition, -1):
+            self._persisted[partition] = offset
+
+    def _serve_deliveries(self) -> None:
+        """Run ready delivery reports (every ``SERVE_EVERY`` records, on the observe timer and
+        in every flush) and store the changelog offsets they confirm."""
+        self.output.serve()
+        self._store_persisted()
+
+    def _store_persisted(self) -> None:
+        """One RocksDB write per partition, not per record. An offset stored late only makes a
+        restart re-read a few changelog records it already has."""
+        if self._persisted:
+            store = self.state.data
+            open_dbs = getattr(store, "_dbs", {})
+            for partition, offset in self._persisted.items():
+                if partition in open_dbs:  # not one revoked since (and closed)
+                    store.set_persisted_offset(TP(self.changelog_name, partition), offset)
+            self._persisted.clear()
 
     # -- the agent --------------------------------------------------------------------------
 
     async def _orchestrate(self, stream: faust.StreamT) -> None:
         processing = self.metrics.processing
+        served = 0
         async for event in stream.events():
             started = time.perf_counter()
             message = event.message
@@ -307,6 +308,10 @@ class Runtime:
                 await self._on_tick(message, now)
             else:
                 await self._on_touchpoint(message, now)
+            served += 1
+            if served == SERVE_EVERY:
+                served = 0
+                self._serve_deliveries()
             processing.observe(time.perf_counter() - started)
             self.metrics.last_processed.set(now / 1000)
 
@@ -594,6 +599,7 @@ class Runtime:
 
     async def _observe_once(self) -> None:
         """Gauges SREs alert on: lag, overdue wake-ups, recovery, readiness."""
+        self._serve_deliveries()
         m = self.metrics
         now = now_ms()
         owned = self._owned()

@@ -1,0 +1,157 @@
+"""The worker's output producer (agents/producer.py) against the real broker: order and
+delivery reports, the flush Faust awaits before committing, and a record that cannot be
+delivered."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from agents.producer import DeliveryFailed, OutputProducer
+from percorso.config import Settings
+
+
+def _topic(settings: Settings, name: str, partitions: int) -> None:
+    admin = AdminClient(settings.kafka_config())
+    admin.create_topics([NewTopic(name, partitions, 1)])[name].result()
+
+
+def _read(settings: Settings, topic: str, partition: int, count: int) -> list[Any]:
+    consumer = Consumer(
+        {**settings.kafka_config(), "group.id": f"{topic}-reader", "enable.auto.commit": False}
+    )
+    consumer.assign([TopicPartition(topic, partition, 0)])
+    records: list[Any] = []
+    try:
+        for _ in range(100):
+            records += [m for m in consumer.consume(100, timeout=0.5) if m.error() is None]
+            if len(records) >= count:
+                break
+    finally:
+        consumer.close()
+    return records
+
+
+def test_records_arrive_in_order_and_are_reported_once_flushed(
+    settings_factory: Callable[..., Settings], unique: Callable[[str], str]
+) -> None:
+    settings = settings_factory()
+    topic = unique("out")
+    _topic(settings, topic, 2)
+    reported: list[tuple[str, int, int]] = []
+
+    async def scenario() -> int:
+        output = OutputProducer(settings)
+        for n in range(300):
+            await output.send(
+                topic,
+                b"k",
+                b"%d" % n,
+                headers=[("n", b"%d" % n)],
+                partition=n % 2,
+                on_delivery=lambda t, p, o: reported.append((t, p, o)),
+            )
+        await output.flush()
+        return len(output)
+
+    assert asyncio.run(scenario()) == 0
+    assert len(reported) == 300  # every delivery reported, before flush returned
+    for partition in (0, 1):
+        offsets = [o for t, p, o in reported if p == partition]
+        assert offsets == list(range(150))
+        records = _read(settings, topic, partition, 150)
+        assert [int(r.value()) for r in records] == list(range(partition, 300, 2))
+        assert [dict(r.headers())["n"] for r in records] == [r.value() for r in records]
+        assert {r.key() for r in records} == {b"k"}
+
+
+def test_the_faust_producer_flush_waits_for_the_output_producer(
+    settings_factory: Callable[..., Settings], unique: Callable[[str], str]
+) -> None:
+    """What Faust awaits before committing offsets covers what the worker sent."""
+    settings = settings_factory()
+    topic = unique("out")
+    _topic(settings, topic, 1)
+    trail: list[str] = []
+
+    class FaustProducer:
+        async def flush(self) -> None:
+            trail.append("faust flushed")
+
+    async def scenario() -> tuple[int, int]:
+        output = OutputProducer(settings)
+        faust_producer = FaustProducer()
+        output.attach(faust_producer, then=lambda: trail.append("then"))
+        for n in range(50):
+            await output.send(topic, None, b"%d" % n)
+        pending = len(output)
+        await faust_producer.flush()
+        return pending, len(output)
+
+    pending, after = asyncio.run(scenario())
+    assert pending > 0  # the flush had something to wait for
+    assert after == 0 and trail == ["faust flushed", "then"]
+    assert len(_read(settings, topic, 0, 50)) == 50
+
+
+def test_a_record_that_cannot_be_delivered_fails_the_flush(
+    settings_factory: Callable[..., Settings], unique: Callable[[str], str]
+) -> None:
+    """So offsets are not committed past it: the worker stops and the input is read again."""
+    settings = settings_factory()
+    topic = unique("out")
+    _topic(settings, topic, 1)
+
+    async def scenario() -> OutputProducer:
+        output = OutputProducer(settings, **{"message.timeout.ms": 1500})
+        await output.send(topic, None, b"fine")
+        await output.send(topic, None, b"lost", partition=7)  # the topic has one partition
+        with pytest.raises(DeliveryFailed, match=topic):
+            await output.flush()
+        with pytest.raises(DeliveryFailed):  # and stays failed
+            await output.flush()
+        return output
+
+    assert asyncio.run(scenario()).failed == 1
+
+
+def test_a_flush_under_steady_load_waits_only_for_what_was_sent_before_it(
+    settings_factory: Callable[..., Settings], unique: Callable[[str], str]
+) -> None:
+    """Faust flushes while the agent keeps producing: waiting for an empty producer would
+    never end under load, so no offset would ever be committed."""
+    settings = settings_factory()
+    topic = unique("out")
+    _topic(settings, topic, 2)
+    delivered: set[int] = set()
+
+    async def scenario() -> tuple[int, int]:
+        output = OutputProducer(settings)
+        stop = asyncio.Event()
+
+        async def keep_sending() -> int:
+            n = 0
+            while not stop.is_set():
+                n += 1
+                await output.send(
+                    topic, None, b"%d" % n, on_delivery=lambda t, p, o, n=n: delivered.add(n)
+                )
+                await asyncio.sleep(0)
+            return n
+
+        sender = asyncio.ensure_future(keep_sending())
+        await asyncio.sleep(0.2)
+        before = output._sent
+        await asyncio.wait_for(output.flush(), 20)
+        stop.set()
+        total = await sender
+        return before, total
+
+    before, total = asyncio.run(scenario())
+    assert before > 0 and total > before  # records kept coming during the flush
+    assert set(range(1, before + 1)) <= delivered

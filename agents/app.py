@@ -161,6 +161,7 @@ class Runtime:
         patches.apply(
             self.profile.fetch_max_wait_ms,
             self.settings.kafka_config() if self.profile.end_offsets_from_fetch else None,
+            idempotent_producer=self.profile.supports_idempotent_aiokafka,
         )
         s, p = self.settings, self.profile
         if not s.bootstrap_servers:

@@ -10,6 +10,9 @@ twice changes nothing. ``apply`` is called once, before the Faust app is built.
 - The consumer's ``fetch_max_wait_ms`` is hardcoded (embedded broker only: latency).
 - End offsets for table recovery come from ListOffsets, which the embedded broker answers
   wrongly (embedded broker only: durability).
+- Faust's aiokafka producer (repartitioned touchpoints, ticks) is idempotent only inside
+  transactions; on brokers that support it, it is idempotent with ``acks=all`` always, so a
+  retried send cannot duplicate or reorder a partition's records (durability).
 """
 
 from __future__ import annotations
@@ -27,10 +30,14 @@ PATCHED_VERSION = "0.15.3"
 
 
 def apply(
-    fetch_max_wait_ms: int | None = None, end_offsets_from_fetch: dict[str, Any] | None = None
+    fetch_max_wait_ms: int | None = None,
+    end_offsets_from_fetch: dict[str, Any] | None = None,
+    idempotent_producer: bool = True,
 ) -> None:
     """``end_offsets_from_fetch``: the Kafka client configuration to read end offsets from
-    fetch responses with, for brokers whose ListOffsets is wrong (the embedded broker)."""
+    fetch responses with, for brokers whose ListOffsets is wrong (the embedded broker).
+    ``idempotent_producer``: False only where the broker refuses aiokafka's InitProducerId
+    (the embedded broker)."""
     if faust.__version__ == PATCHED_VERSION:
         flush_producer_buffer_completely()
         seek_uncommitted_to_beginning()
@@ -47,6 +54,29 @@ def apply(
         override_fetch_wait(fetch_max_wait_ms)
     if end_offsets_from_fetch is not None:
         read_end_offsets_from_fetch(end_offsets_from_fetch)
+    idempotent_faust_producer(idempotent_producer)
+
+
+def idempotent_faust_producer(enabled: bool) -> None:
+    """Faust configures aiokafka's producer with ``enable_idempotence`` only for exactly-once
+    processing (``_settings_extra``). Percorso's at-least-once worker wants it anyway: a retried
+    produce must not duplicate or reorder the records of a partition (the repartition topic and
+    the ticks). Applying again with another value replaces the setting."""
+    from faust.transport.drivers import aiokafka as driver
+
+    producer = driver.Producer
+    original = getattr(producer, "_percorso_original_settings_extra", None)
+    if original is None:
+        original = producer._settings_extra
+        producer._percorso_original_settings_extra = original  # type: ignore[attr-defined]
+
+    def settings_extra(self: Any) -> Any:
+        extra = dict(original(self))
+        if enabled:
+            extra.update(acks="all", enable_idempotence=True)
+        return extra
+
+    producer._settings_extra = settings_extra  # type: ignore[method-assign]
 
 
 def flush_producer_buffer_completely() -> None:

@@ -9,16 +9,9 @@ from agents.app import Runtime, RuntimeOptions
 from journeys.loader import JourneyError, load_catalog
 from journeys.model import Catalog
 from percorso import clients
-from percorso.broker import (
-    EMBEDDED_BROKER_PROFILE,
-    PRODUCTION_PROFILE,
-    TEST_KAFKA_PROFILE,
-    BrokerProfile,
-)
+from percorso.broker import PROFILES, BrokerProfile
 from percorso.config import Settings
 from percorso.topics import ensure_topics, internal_topics, percorso_topics, wait_for_partitions
-
-PROFILES = {p.name: p for p in (PRODUCTION_PROFILE, EMBEDDED_BROKER_PROFILE, TEST_KAFKA_PROFILE)}
 
 log = logging.getLogger("percorso.worker")
 

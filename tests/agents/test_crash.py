@@ -2,121 +2,20 @@
 
 from __future__ import annotations
 
-import json
 import time
-import urllib.request
-from typing import Any
-
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from agents.app import partition_for
-from agents.launcher import WorkerProcess
-from agents.processor import unpack
-from journeys.engine import Engine
-from journeys.loader import load_catalog
-from journeys.simulate import replay
-from journeys.state import CustomerState
-from percorso.config import Settings
 from percorso.synthetic import SyntheticTraffic
-from tests.agents.conftest import Cluster, Collect, Collector, action_topics, produce
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-def oracle(
-    settings: Settings, scale: float, events: list[dict[str, Any]], until: int
-) -> tuple[set[str], dict[str, CustomerState]]:
-    engine = Engine(load_catalog(settings.journeys_dir, time_scale=scale))
-    ids: set[str] = set()
-    states: dict[str, CustomerState] = {}
-    for step in replay(engine, [dict(e, attributes=dict(e["attributes"])) for e in events], until):
-        ids |= {a["action_id"] for a in step.actions}
-        states[step.state["customer_id"]] = step.state
-    return ids, states
-
-
-def changelog_states(settings: Settings) -> dict[str, CustomerState]:
-    """The latest stored state of every customer, read back from the table's changelog."""
-    topic = f"{settings.app_id}-state-changelog"
-    consumer = Consumer(
-        {**settings.kafka_config(), "group.id": "test-changelog", "enable.auto.commit": False}
-    )
-    try:
-        metadata = consumer.list_topics(topic, timeout=10)
-        consumer.assign(
-            [TopicPartition(topic, p, OFFSET_BEGINNING) for p in metadata.topics[topic].partitions]
-        )
-        latest: dict[str, bytes | None] = {}
-        idle = time.monotonic()
-        while time.monotonic() - idle < 2.0:
-            for msg in consumer.consume(1000, timeout=0.2):
-                if not msg.error() and msg.key().startswith(b"c:"):
-                    latest[msg.key()[2:].decode()] = msg.value()
-                    idle = time.monotonic()
-        return {k: unpack(v)[0] for k, v in latest.items() if v}
-    finally:
-        consumer.close()
-
-
-def partitions_of(worker: WorkerProcess) -> list[int]:
-    with urllib.request.urlopen(f"{worker.url}/readyz", timeout=2) as response:
-        return list(json.loads(response.read())["partitions"])
-
-
-def _missing(
-    want: set[str], col: Any, settings: Settings, scale: float, events: list[dict[str, Any]]
-) -> str:
-    missing = want - set(emitted(col))
-    engine = Engine(load_catalog(settings.journeys_dir, time_scale=scale))
-    examples = []
-    for step in replay(
-        engine, [dict(e, attributes=dict(e["attributes"])) for e in events], now_ms()
-    ):
-        examples += [
-            (a["customer_id"], a["action"], a["trigger"], a["created_at"])
-            for a in step.actions
-            if a["action_id"] in missing
-        ]
-    from collections import Counter as Tally
-
-    fresh = Collector(settings, action_topics(settings))
-    fresh.poll(3)
-    reread = missing & set(emitted(fresh))
-    fresh.close()
-    dead = Collector(settings, [settings.topics.dlq])
-    dead.poll(3)
-    reasons = Tally(
-        d["headers"].get("percorso.error.class", b"?").decode()
-        for d in dead.records[settings.topics.dlq]
-    )
-    dead.close()
-    return (
-        f"{len(missing)} missing, e.g. {examples[:5]}; {len(reread)} of them found by a fresh "
-        f"read of the action topics; dead letters: {dict(reasons)}"
-    )
-
-
-def _state_diff(stored: dict[str, Any], replayed: dict[str, Any]) -> str:
-    """Which customers differ, and in which fields (journeys: per journey)."""
-    only = sorted(set(stored) ^ set(replayed))
-    differ = sorted(c for c in set(stored) & set(replayed) if stored[c] != replayed[c])
-    detail = ""
-    if differ:
-        a, b = stored[differ[0]], replayed[differ[0]]
-        fields = [k for k in b if a.get(k) != b.get(k)]
-        journeys = {
-            j: (a["journeys"].get(j), b["journeys"].get(j))
-            for j in b["journeys"]
-            if a["journeys"].get(j) != b["journeys"].get(j)
-        }
-        detail = f"; first: {differ[0]} fields {fields} journeys {journeys}"
-    return f"{len(differ)} customers differ, {len(only)} only on one side{detail}"[:3000]
-
-
-def emitted(col: Any) -> list[str]:
-    return [a["action_id"] for t in action_topics(col.settings) for a in col.records[t]]
+from tests.agents.conftest import Cluster, Collect, action_topics, produce
+from tests.agents.oracle import (
+    changelog_states,
+    emitted,
+    missing_report,
+    now_ms,
+    oracle,
+    partitions_of,
+    state_diff,
+)
 
 
 def test_sigkill_mid_stream_loses_nothing(cluster: Cluster, collect: Collect) -> None:
@@ -152,7 +51,7 @@ def test_sigkill_mid_stream_loses_nothing(cluster: Cluster, collect: Collect) ->
         lambda: want <= set(emitted(col)),
         90,
         f"{len(want)} oracle actions",
-        lambda: _missing(want, col, settings, scale, events),
+        lambda: missing_report(want, col, settings, scale, events),
     )
     high = now_ms() + 2_000
     allowed, states = oracle(settings, scale, events, high)
@@ -168,7 +67,7 @@ def test_sigkill_mid_stream_loses_nothing(cluster: Cluster, collect: Collect) ->
     deadline = time.monotonic() + 60
     while (stored := changelog_states(settings)) != states:
         assert time.monotonic() < deadline, (
-            f"table state differs from the offline replay: {_state_diff(stored, states)}"
+            f"table state differs from the offline replay: {state_diff(stored, states)}"
         )
         time.sleep(1)
 

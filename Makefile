@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run demo worker test test-unit test-broker lint typecheck validate simulate bench bench-quick clean
+.PHONY: help install run demo worker test test-unit test-broker test-embedded test-faults lint typecheck validate simulate bench bench-quick clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -27,7 +27,7 @@ demo: run ## same as run
 worker: $(STAMP) ## one Faust worker against KAFKA_BOOTSTRAP_SERVERS
 	$(BIN)/percorso worker
 
-test: $(STAMP) ## the whole suite (unit, property, and real-broker tests)
+test: $(STAMP) ## the whole suite (unit, property, real-broker and broker-fault tests)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-unit: $(STAMP) ## only the tests that need no broker
@@ -35,6 +35,12 @@ test-unit: $(STAMP) ## only the tests that need no broker
 
 test-broker: $(STAMP) ## only the real-broker tests
 	$(BIN)/python -m pytest -m broker $(PYTEST_ARGS)
+
+test-embedded: $(STAMP) ## the broker tests again on the embedded broker (what a Python-only machine runs)
+	PERCORSO_BROKER=embedded $(BIN)/python -m pytest -m 'broker and not real_kafka' $(PYTEST_ARGS)
+
+test-faults: $(STAMP) ## only the tests that kill and restart a local Apache Kafka
+	$(BIN)/python -m pytest -m real_kafka $(PYTEST_ARGS)
 
 lint: $(STAMP) ## ruff
 	$(BIN)/ruff check percorso journeys agents tests bench

@@ -1,6 +1,8 @@
 """``make bench``: Percorso's speed against baselines measured in the same run.
 
-Scenarios (all on the embedded broker, or KAFKA_BOOTSTRAP_SERVERS):
+Scenarios, on the broker ``percorso/broker.py`` picks (a local Apache Kafka where Java and Maven
+are present, else the embedded broker; KAFKA_BOOTSTRAP_SERVERS or PERCORSO_BROKER to choose);
+every result file records which broker it came from:
   throughput  Percorso with the shipped journeys vs. a trivial Faust agent, a Faust agent with
               one table write per event, Quix Streams per-key state, a raw aiokafka consumer,
               and the pure engine without Kafka: the same events, the same broker.
@@ -8,7 +10,8 @@ Scenarios (all on the embedded broker, or KAFKA_BOOTSTRAP_SERVERS):
   lateness    fire time - deadline over many armed windows spread over time.
   recovery    SIGKILL a worker holding many customers: time to ready, with and without its
               local RocksDB; RSS and state bytes per customer.
-  scaling     1 vs 2 workers on the same input.
+  scaling     1 vs 2 workers on the same input, with the CPU the workers and the broker spent
+              per event (what the output producer costs the broker shows here).
 
 ``python -m bench --quick`` uses small sizes (minutes); without it, the sizes of the
 performance targets (much longer). Results: a table on stdout and bench/results/<date>.json.
@@ -186,6 +189,19 @@ def processed_rate(
             }
         time.sleep(0.2)
     raise RuntimeError(f"only {n} of {target} processed in {timeout} s")
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds the processes have used so far (Linux /proc)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+    return total
 
 
 def run_baseline(command: list[str], env: dict[str, str], timeout: float = 3600) -> dict[str, Any]:
@@ -583,8 +599,18 @@ def scaling(run: Run, sizes: Sizes) -> dict[str, Any]:
         try:
             for w in workers:
                 w.wait_ready()
-            results[f"{count} worker(s)"] = processed_rate(workers, len(records))
-            log(f"scaling {count}: {results[f'{count} worker(s)']}")
+            worker_pids = [w.process.pid for w in workers if w.process is not None]
+            broker_cpu = cpu_seconds(run.broker.process_ids())
+            worker_cpu = cpu_seconds(worker_pids)
+            r = results[f"{count} worker(s)"] = processed_rate(workers, len(records))
+            if run.broker.process_ids():
+                r["broker_cpu_ms_per_event"] = round(
+                    (cpu_seconds(run.broker.process_ids()) - broker_cpu) * 1000 / r["events"], 3
+                )
+            r["worker_cpu_ms_per_event"] = round(
+                (cpu_seconds(worker_pids) - worker_cpu) * 1000 / r["events"], 3
+            )
+            log(f"scaling {count}: {r}")
         finally:
             for w in workers:
                 w.stop()
@@ -637,9 +663,12 @@ def table(results: dict[str, Any]) -> str:
         )
     if "scaling" in results:
         r = results["scaling"]
+        one = r["1 worker(s)"]
         lines.append(
-            f"scaling: 1 worker {r['1 worker(s)']['events_per_s']:,.0f}/s, 2 workers "
-            f"{r['2 worker(s)']['events_per_s']:,.0f}/s (x{r['speedup']})"
+            f"scaling: 1 worker {one['events_per_s']:,.0f}/s, 2 workers "
+            f"{r['2 worker(s)']['events_per_s']:,.0f}/s (x{r['speedup']}); CPU per event with "
+            f"1 worker: worker {one.get('worker_cpu_ms_per_event')} ms, broker "
+            f"{one.get('broker_cpu_ms_per_event', 'n/a')} ms"
         )
     return "\n".join(lines)
 
@@ -702,6 +731,8 @@ def measure(
     with ExitStack() as stack:
         broker = stack.enter_context(kafka_broker(scratch / "broker"))
         results["broker"] = broker.kind
+        results["broker_description"] = broker.describe()
+        log(f"broker: {broker.describe()}")
         run = Run(broker, scratch)
         max_rate = args.max_rate
         if "throughput" in wanted:

@@ -39,6 +39,7 @@ const pct = (r) => (r === null || r === undefined ? "–" : (r * 100).toFixed(1)
 function duration(ms) {
   if (ms === null || ms === undefined) return "–";
   const sec = ms / 1000;
+  if (sec <= 1) return "≤ 1 s";
   if (sec < 90) return `${sec.toFixed(0)} s`;
   if (sec < 5400) return `${(sec / 60).toFixed(1)} min`;
   if (sec < 172800) return `${(sec / 3600).toFixed(1)} h`;

@@ -337,6 +337,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, help="stop after this many seconds")
     p.add_argument("--web-port", type=int, default=6066, help="the worker's HTTP port")
     p.add_argument(
+        "--page-port",
+        type=int,
+        default=6067,
+        help="port of the journey page (the analytics process; 0: any free port)",
+    )
+    p.add_argument(
         "--plain", action="store_true", help="print summaries as lines instead of a live screen"
     )
     p.set_defaults(func=cmd_demo)

@@ -299,7 +299,7 @@ function renderDeadLetters(d) {
   box.replaceChildren(
     h("table", { id: "dead-letter-classes" }, h("tbody", {}, Object.entries(d.by_class).map(([c, n]) =>
       h("tr", { "data-class": c }, h("td", { text: c }), h("td", { class: "num", text: fmt(n) }))))),
-    ...d.last.slice(0, 3).map((x) => h("p", { class: "context", text: `${x.class}: ${x.message}` })));
+    h("p", { class: "context", text: `last: ${d.last[0].class}: ${d.last[0].message}` }));
 }
 
 async function refresh() {

@@ -76,6 +76,12 @@ class AnalyticsProcess:
         with urllib.request.urlopen(f"{self.url}{path}", timeout=5) as response:
             return json.loads(response.read())
 
+    def kill(self) -> None:
+        """SIGKILL: no commit, no close."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(timeout=30)
+
     def stop(self, timeout: float = 20.0) -> int | None:
         if self.process is None:
             return None

@@ -166,7 +166,8 @@ function sankey(j) {
       y += n.h + pad;
     }
   }
-  const svg = s("svg", { class: "sankey", viewBox: `0 0 ${width} ${height}`, role: "img",
+  const backs = j.flows.some((f) => nodes.get(f.to).col <= nodes.get(f.from).col);
+  const svg = s("svg", { class: "sankey", viewBox: `0 0 ${width} ${height + (backs ? 60 : 0)}`, role: "img",
     "aria-label": "Paths between stages; the table below lists every transition" });
   for (const f of [...j.flows].sort((a, b) => b.count - a.count)) {
     const a = nodes.get(f.from), b = nodes.get(f.to), w = Math.max(1, f.count * scale);

@@ -194,7 +194,7 @@ function sankey(j) {
     h("tbody", {}, j.flows.map((f) => h("tr", { "data-from": f.from, "data-to": f.to },
       h("td", { text: f.from }), h("td", { text: f.to }),
       h("td", { class: "num", "data-field": "count", text: fmt(f.count) })))));
-  return [svg, h("details", {}, h("summary", { text: "every transition as a table" }), table)];
+  return [svg, h("details", {}, h("summary", { id: "flows-toggle", text: "every transition as a table" }), table)];
 }
 
 function timeInStage(j) {
@@ -274,8 +274,17 @@ function lastActions(j) {
           : null)))));
 }
 
+let lastRendered = "";
+
 function renderJourney(j) {
   const main = document.getElementById("journey");
+  // Redraw only when a figure changed, and give focus back to what had it: a keyboard user
+  // inside the journey must not be thrown out by the next poll.
+  const { generated_at: _, ...figures } = j;
+  const key = JSON.stringify(figures);
+  if (key === lastRendered) return;
+  lastRendered = key;
+  const focusedId = main.contains(document.activeElement) ? document.activeElement.id : "";
   const openDetails = main.querySelector("details") && main.querySelector("details").open;
   main.replaceChildren(
     h("h2", { id: "journey-title", text: `${j.name}` }, h("span", { class: "muted", text: ` (${j.journey_id})` })),
@@ -292,6 +301,7 @@ function renderJourney(j) {
   const details = main.querySelector("details");
   if (details && openDetails) details.open = true;
   main.dataset.journey = j.journey_id;
+  if (focusedId && document.getElementById(focusedId)) document.getElementById(focusedId).focus();
 }
 
 function renderDeadLetters(d) {

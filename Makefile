@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run demo worker test test-unit test-broker test-embedded test-faults lint typecheck validate simulate bench bench-quick clean
+.PHONY: help install run demo worker analytics chromium test test-unit test-broker test-embedded test-faults lint typecheck validate simulate bench bench-quick clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -27,8 +27,22 @@ demo: run ## same as run
 worker: $(STAMP) ## one Faust worker against KAFKA_BOOTSTRAP_SERVERS
 	$(BIN)/percorso worker
 
-test: $(STAMP) ## the whole suite (unit, property, real-broker and broker-fault tests)
+analytics: $(STAMP) ## journey figures and the journey page (http://127.0.0.1:6067/)
+	$(BIN)/percorso analytics
+
+test: $(STAMP) chromium ## the whole suite (unit, property, real-broker, broker-fault and browser tests)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The journey-page test drives Debian's headless chromium. Installed only when it is missing
+# and we are root with apt-get (CI, containers); otherwise that one test skips and says why.
+chromium:
+	@if ! command -v chromium >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] \
+	    && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing Debian's chromium (for the journey-page test) ..."; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core \
+	    || echo "could not install chromium: the journey-page test will skip" >&2; \
+	fi
 
 test-unit: $(STAMP) ## only the tests that need no broker
 	$(BIN)/python -m pytest -m 'not broker' $(PYTEST_ARGS)

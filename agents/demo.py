@@ -2,8 +2,10 @@
 traffic, and a summary of what Percorso does with it.
 
 The broker is ``KAFKA_BOOTSTRAP_SERVERS`` if set, else an embedded one that lives as long as the
-demo. Journey durations are divided by ``--time-scale`` (default 60: a 30-minute cart window
-lasts 30 seconds) so that windows fire while you watch; the summary says so.
+demo. The analytics process (``percorso analytics``) runs next to the worker: the terminal view
+and the journey page it serves show the same figures. Journey durations are divided by
+``--time-scale`` (default 60: a 30-minute cart window lasts 30 seconds) so that windows fire
+while you watch; the summary says so.
 """
 
 from __future__ import annotations
@@ -15,13 +17,14 @@ import sys
 import tempfile
 import threading
 import time
-from collections import Counter, deque
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from agents.demo_view import DemoStatus, live_view, plain_line, summary_view
 from agents.launcher import WorkerProcess, worker_env
 from percorso import clients
+from percorso.analytics.launcher import AnalyticsProcess
 from percorso.broker import Broker, free_port, kafka_broker
 from percorso.config import Settings
 from percorso.produce import TouchpointSender
@@ -36,11 +39,7 @@ class Summary:
     started: float = field(default_factory=time.monotonic)
     produced: int = 0
     poison: int = 0
-    transitions: Counter[str] = field(default_factory=Counter)
-    actions: Counter[tuple[str, str]] = field(default_factory=Counter)
-    deferred: int = 0
-    dead_letters: int = 0
-    last_actions: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=5))
+    overview: dict[str, Any] | None = None  # the analytics process's /api/overview
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def rate(self) -> float:
@@ -80,104 +79,29 @@ def _produce(
     raw.flush(10)
 
 
-def _consume(settings: Settings, summary: Summary, stop: threading.Event) -> None:
-    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
-
-    codecs = clients.Codecs.from_settings(settings)
-    consumer = Consumer(
-        {
-            **settings.kafka_config(),
-            "group.id": "percorso-demo-summary",
-            "enable.auto.commit": False,
-            "logger": clients.log,
-        }
-    )
-    topics = [
-        settings.topics.transitions,
-        settings.topics.dlq,
-        *(settings.topics.actions(c) for c in settings.action_channels),
-    ]
-    metadata = consumer.list_topics(timeout=10)
-    consumer.assign(
-        [
-            TopicPartition(t, p, OFFSET_BEGINNING)
-            for t in topics
-            if t in metadata.topics
-            for p in metadata.topics[t].partitions
-        ]
-    )
-    try:
-        while not stop.is_set():
-            for msg in consumer.consume(500, timeout=0.2):
-                if msg.error():
-                    continue
-                topic = msg.topic()
-                with summary.lock:
-                    if topic == settings.topics.dlq:
-                        summary.dead_letters += 1
-                    elif topic == settings.topics.transitions:
-                        t = codecs.transition.decode(msg.value())
-                        summary.transitions[t["journey_id"]] += 1
-                    else:
-                        a = codecs.action.decode(msg.value())
-                        summary.actions[(a["journey_id"], a["action"])] += 1
-                        if a["not_before"] is not None:
-                            summary.deferred += 1
-                        summary.last_actions.appendleft(a)
-    finally:
-        consumer.close()
+def _follow(analytics: AnalyticsProcess, summary: Summary, stop: threading.Event) -> None:
+    """Keep the latest figures of the analytics process (what the journey page shows too)."""
+    while not stop.is_set():
+        try:
+            overview = analytics.get("/api/overview")
+        except (OSError, ValueError):
+            overview = None
+        if overview is not None:
+            with summary.lock:
+                summary.overview = overview
+        stop.wait(0.5)
 
 
-def _render(summary: Summary, settings: Settings, time_scale: float, broker: Broker) -> Any:
-    from rich.console import Group
-    from rich.panel import Panel
-    from rich.table import Table
-
+def _status(summary: Summary, page_url: str, broker: Broker, time_scale: float) -> DemoStatus:
     with summary.lock:
-        head = Table.grid(padding=(0, 2))
-        head.add_row("broker", f"{broker.bootstrap_servers} ({broker.kind})")
-        head.add_row("touchpoints", f"{summary.produced} sent, {summary.rate():.0f}/s")
-        head.add_row(
-            "dead letters",
-            f"{summary.dead_letters} (of {summary.poison} broken records sent on purpose)",
-        )
-        head.add_row("worker", f"http://127.0.0.1:{settings.web_port}/readyz")
-        head.add_row(
-            "time scale",
-            f"journey durations / {time_scale:g} (a 30 min window lasts {1800 / time_scale:.0f} s)",
-        )
-        counts = Table(title="per journey", expand=True)
-        counts.add_column("journey")
-        counts.add_column("transitions", justify="right")
-        counts.add_column("actions")
-        journeys = sorted(set(summary.transitions) | {j for j, _ in summary.actions})
-        for j in journeys:
-            acts = ", ".join(
-                f"{a} {n}" for (jj, a), n in sorted(summary.actions.items()) if jj == j
-            )
-            counts.add_row(j, str(summary.transitions[j]), acts or "-")
-        recent = Table(title="latest actions, with the context the channel receives", expand=True)
-        recent.add_column("customer")
-        recent.add_column("action")
-        recent.add_column("channel")
-        recent.add_column("stages")
-        recent.add_column("recent touchpoints")
-        for a in summary.last_actions:
-            stages = ", ".join(f"{k}={v}" for k, v in a["context"]["stages"].items())
-            touch = " ← ".join(f"{r['channel']}:{r['type']}" for r in a["context"]["recent"][:4])
-            deferred = " (after quiet hours)" if a["not_before"] else ""
-            recent.add_row(a["customer_id"], a["action"], a["channel"] + deferred, stages, touch)
-    return Group(Panel(head, title="Percorso demo — Ctrl-C to stop"), counts, recent)
-
-
-def _plain(summary: Summary) -> str:
-    with summary.lock:
-        actions = sum(summary.actions.values())
-        transitions = sum(summary.transitions.values())
-        return (
-            f"touchpoints={summary.produced} transitions={transitions} actions={actions} "
-            f"deferred={summary.deferred} dead_letters={summary.dead_letters} "
-            f"by_action={dict(sorted((f'{j}/{a}', n) for (j, a), n in summary.actions.items()))}"
+        return DemoStatus(
+            page_url=page_url,
+            broker=f"{broker.bootstrap_servers} ({broker.kind})",
+            time_scale=time_scale,
+            produced=summary.produced,
+            rate=summary.rate(),
+            poison=summary.poison,
+            elapsed_s=time.monotonic() - summary.started,
         )
 
 
@@ -186,6 +110,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from rich.live import Live
 
     console = Console(soft_wrap=True)  # piped output: whole lines, greppable
+    live_screen = not args.plain and console.is_terminal
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with (
@@ -209,47 +134,82 @@ def run_demo(args: argparse.Namespace) -> int:
             f"windows fire while you watch."
         )
         ensure_topics(clients.admin(settings), percorso_topics(settings))
-        worker = WorkerProcess(
-            worker_env(settings, broker.profile.name), Path(tmp) / "worker.log"
+        env = worker_env(settings, broker.profile.name)
+        worker = WorkerProcess(env, Path(tmp) / "worker.log").start()
+        analytics = AnalyticsProcess(
+            env,
+            Path(tmp) / "analytics",
+            args.page_port or free_port(),
+            Path(tmp) / "analytics.log",
+            worker_metrics=(f"{worker.url}/metrics",),
         ).start()
+        page_url = f"{analytics.url}/"
         summary = Summary()
         threads: list[threading.Thread] = []
+        code: int | None = None
         try:
-            console.print("starting the worker ...")
+            console.print("starting the worker and the analytics process ...")
+            analytics.wait_ready(60)
             worker.wait_ready(120)
-            console.print(f"worker ready: http://127.0.0.1:{settings.web_port}/readyz")
+            console.print(f"worker ready: {worker.url}/readyz")
+            console.print(f"journey page: {page_url}")
             summary.started = time.monotonic()
             threads = [
                 threading.Thread(
                     target=_produce, args=(settings, args, summary, stop), daemon=True
                 ),
-                threading.Thread(target=_consume, args=(settings, summary, stop), daemon=True),
+                threading.Thread(target=_follow, args=(analytics, summary, stop), daemon=True),
             ]
             for t in threads:
                 t.start()
             end = time.monotonic() + args.duration if args.duration else None
-            if args.plain or not console.is_terminal:
-                while not stop.wait(5) and (end is None or time.monotonic() < end):
-                    print(_plain(summary), flush=True)
+
+            def running(every: float) -> bool:
+                return (
+                    not stop.wait(every)
+                    and (end is None or time.monotonic() < end)
+                    and worker.alive()
+                    and analytics.alive()
+                )
+
+            status = _status(summary, page_url, broker, args.time_scale)
+            if not live_screen:
+                while running(5):
+                    print(
+                        plain_line(
+                            _status(summary, page_url, broker, args.time_scale), summary.overview
+                        ),
+                        flush=True,
+                    )
             else:
                 with Live(
-                    _render(summary, settings, args.time_scale, broker),
+                    live_view(status, summary.overview),
                     console=console,
                     refresh_per_second=2,
+                    screen=True,  # a screen of its own, like top; the summary is printed after
                 ) as live:
-                    while not stop.wait(0.5) and (end is None or time.monotonic() < end):
-                        if not worker.alive():
-                            break
-                        live.update(_render(summary, settings, args.time_scale, broker))
+                    while running(0.5):
+                        status = _status(summary, page_url, broker, args.time_scale)
+                        live.update(live_view(status, summary.overview))
         except KeyboardInterrupt:
             pass
         finally:
             stop.set()
             for t in threads:
                 t.join(timeout=15)
+            analytics_code = analytics.stop()
             code = worker.stop()
-        print(f"final: {_plain(summary)}", flush=True)
-        if code not in (0, -signal.SIGTERM):
+        status = _status(summary, page_url, broker, args.time_scale)
+        if live_screen:
+            console.print(summary_view(status, summary.overview))
+        print(f"final: {plain_line(status, summary.overview, with_actions=not live_screen)}")
+        if code not in (0, -signal.SIGTERM, -signal.SIGINT):
             print(f"the worker ended with {code}; log:\n{worker.log_tail()}", file=sys.stderr)
+            return 1
+        if analytics_code not in (0, -signal.SIGTERM, -signal.SIGINT):
+            print(
+                f"the analytics process ended with {analytics_code}; log:\n{analytics.log_tail()}",
+                file=sys.stderr,
+            )
             return 1
     return 0

@@ -193,6 +193,24 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return run_worker(settings, loglevel=args.loglevel)
 
 
+def cmd_analytics(args: argparse.Namespace) -> int:
+    from percorso.analytics.service import run_analytics
+
+    settings = _settings(args)
+    _require_broker(settings)
+    env_metrics = os.environ.get("PERCORSO_WORKER_METRICS", "")
+    worker_metrics = args.worker_metrics or [u for u in env_metrics.split(",") if u.strip()]
+    return run_analytics(
+        settings,
+        Path(args.state_dir or os.environ.get("PERCORSO_ANALYTICS_DIR") or "data/analytics"),
+        args.host or os.environ.get("PERCORSO_ANALYTICS_HOST") or "127.0.0.1",
+        args.port
+        if args.port is not None
+        else int(os.environ.get("PERCORSO_ANALYTICS_PORT", 6067)),
+        worker_metrics,
+    )
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from agents.demo import run_demo
 
@@ -279,6 +297,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser(
+        "analytics",
+        help="journey figures from the topics, as JSON and a live journey page (read-only HTTP)",
+    )
+    _common(p)
+    p.add_argument("--journeys", help="folder of journey files, for stage order and names")
+    p.add_argument("--app-id", help="consumer group / app id (env PERCORSO_APP_ID)")
+    p.add_argument(
+        "--state-dir", help="RocksDB folder (env PERCORSO_ANALYTICS_DIR, default data/analytics)"
+    )
+    p.add_argument(
+        "--host", help="address to listen on (env PERCORSO_ANALYTICS_HOST, default 127.0.0.1)"
+    )
+    p.add_argument(
+        "--port",
+        type=int,
+        help="HTTP port of the page and JSON (env PERCORSO_ANALYTICS_PORT, default 6067)",
+    )
+    p.add_argument(
+        "--worker-metrics",
+        action="append",
+        help="a worker's /metrics URL, for suppressed decisions and input lag (repeatable; env "
+        "PERCORSO_WORKER_METRICS, comma-separated)",
+    )
+    p.set_defaults(func=cmd_analytics)
+
+    p = sub.add_parser(
         "demo", help="the embedded default: local broker, worker, synthetic traffic, summary"
     )
     p.add_argument("--customers", type=int, default=300, help="synthetic customers")
@@ -292,6 +336,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--duration", type=float, help="stop after this many seconds")
     p.add_argument("--web-port", type=int, default=6066, help="the worker's HTTP port")
+    p.add_argument(
+        "--page-port",
+        type=int,
+        default=6067,
+        help="port of the journey page (the analytics process; 0: any free port)",
+    )
     p.add_argument(
         "--plain", action="store_true", help="print summaries as lines instead of a live screen"
     )

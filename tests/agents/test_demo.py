@@ -27,6 +27,8 @@ def test_demo_shows_actions_within_a_minute_and_stops_cleanly(broker: Broker) ->
             "--plain",
             "--web-port",
             "0",
+            "--page-port",
+            "0",
         ],
         env=env,
         capture_output=True,

@@ -1,0 +1,242 @@
+"""A real Schema Registry for the tests: Apicurio Registry with its Confluent-compatible API.
+
+Apicurio publishes its runnable Quarkus distribution on Maven Central
+(``io.apicurio:apicurio-registry-app:VERSION:tar.gz:all``). It is fetched once with Maven into a
+cache outside the repository (``PERCORSO_CACHE_DIR``, else ``$XDG_CACHE_HOME/percorso``, else
+``~/.cache/percorso``), unpacked there and reused. Each server runs on a free loopback port with
+its in-memory storage (H2), its log kept in a folder the caller gives, and answers the Confluent
+Schema Registry REST API under ``/apis/ccompat/v7``: that URL is what ``SCHEMA_REGISTRY_URL`` takes.
+
+Version 3.0.9 is the newest whose classes run on Java 17 (3.3.x needs Java 21, which Debian 12
+does not package). Its parent POM is not on Maven Central, so only the archive itself is fetched
+(``dependency:get -Dtransitive=false``), never its dependency tree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tarfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+APICURIO_VERSION = "3.0.9"
+APICURIO_ARTIFACT = f"io.apicurio:apicurio-registry-app:{APICURIO_VERSION}:tar.gz:all"
+CCOMPAT_PATH = "/apis/ccompat/v7"
+MIN_JAVA = 17
+RESOLVE_TIMEOUT_S = 600.0
+START_TIMEOUT_S = 90.0
+
+
+class RegistryUnavailable(RuntimeError):
+    """Java or Maven is missing, or the registry's distribution could not be fetched."""
+
+
+class RegistryStartError(RuntimeError):
+    """The registry was installed but did not start (its log says why)."""
+
+
+def cache_root() -> Path:
+    explicit = os.environ.get("PERCORSO_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "percorso"
+
+
+def _java() -> str:
+    java = shutil.which("java")
+    if java is None:
+        raise RegistryUnavailable(
+            f"no `java` on the PATH (Apicurio Registry needs Java {MIN_JAVA}+)"
+        )
+    out = subprocess.run(
+        [java, "-version"], capture_output=True, text=True, timeout=30, check=False
+    )
+    match = re.search(r'version "(\d+)', out.stderr + out.stdout)
+    if match is None or int(match.group(1)) < MIN_JAVA:
+        raise RegistryUnavailable(
+            f"Apicurio Registry {APICURIO_VERSION} needs Java {MIN_JAVA}+; "
+            f"`java -version` says: {out.stderr.strip()[:200]}"
+        )
+    return java
+
+
+def apicurio_dist(cache: Path | None = None, timeout: float = RESOLVE_TIMEOUT_S) -> Path:
+    """The unpacked distribution (the folder of the runner jar), fetched on first use under a
+    file lock, so concurrent callers fetch once."""
+    home = (cache or cache_root()) / f"apicurio-registry-{APICURIO_VERSION}"
+    dist = home / "dist"
+    done = home / "resolved"
+    if done.exists():
+        return dist
+    home.mkdir(parents=True, exist_ok=True)
+    with (home / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if done.exists():
+            return dist
+        mvn = shutil.which("mvn")
+        if mvn is None:
+            raise RegistryUnavailable(
+                "no `mvn` on the PATH: Maven fetches Apicurio Registry on first use"
+            )
+        # A repository of its own, so the archive's path is known whatever settings.xml says;
+        # it is removed once the archive is unpacked.
+        repo = home / "m2"
+        try:
+            result = subprocess.run(
+                [
+                    mvn,
+                    "-B",
+                    "-q",
+                    f"-Dmaven.repo.local={repo}",
+                    "dependency:get",
+                    f"-Dartifact={APICURIO_ARTIFACT}",
+                    "-Dtransitive=false",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                stdin=subprocess.DEVNULL,
+                check=False,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise RegistryUnavailable(
+                f"Maven did not fetch {APICURIO_ARTIFACT} within {timeout:.0f} s"
+            ) from exc
+        archive = (
+            repo
+            / "io/apicurio/apicurio-registry-app"
+            / APICURIO_VERSION
+            / f"apicurio-registry-app-{APICURIO_VERSION}-all.tar.gz"
+        )
+        if result.returncode != 0 or not archive.exists():
+            tail = "\n".join((result.stdout + result.stderr).splitlines()[-15:])
+            raise RegistryUnavailable(
+                f"Maven could not fetch {APICURIO_ARTIFACT} (exit {result.returncode}):\n{tail}"
+            )
+        shutil.rmtree(dist, ignore_errors=True)
+        with tarfile.open(archive) as tar:
+            tar.extractall(dist, filter="data")
+        if not _runner_jar(dist).exists():
+            raise RegistryUnavailable(f"{archive} holds no {_runner_jar(dist).name}")
+        shutil.rmtree(repo, ignore_errors=True)
+        done.write_text(APICURIO_VERSION + "\n")
+    return dist
+
+
+def _runner_jar(dist: Path) -> Path:
+    return dist / f"apicurio-registry-app-{APICURIO_VERSION}-runner.jar"
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class RegistryServer:
+    """A running registry: ``url`` is what SCHEMA_REGISTRY_URL takes."""
+
+    url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log_tail(self, lines: int = 60) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError as exc:
+            return f"(no log: {exc})"
+        return "\n".join(text.splitlines()[-lines:])
+
+    def request(self, method: str, path: str, body: Any = None) -> Any:
+        """One call to the REST API; returns the decoded JSON answer (None if empty)."""
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(
+            self.url + path,
+            data=data,
+            method=method,
+            headers={"Content-Type": "application/vnd.schemaregistry.v1+json"},
+        )
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            raw = resp.read()
+        return json.loads(raw) if raw else None
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url + "/subjects", timeout=2) as resp:
+            return bool(resp.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+@contextlib.contextmanager
+def apicurio_registry(
+    log_dir: Path, dist: Path | None = None, start_timeout: float = START_TIMEOUT_S
+) -> Iterator[RegistryServer]:
+    """Start Apicurio Registry on a free loopback port, wait until ``GET /subjects`` answers,
+    and stop it on exit. Its log stays at ``log_dir/apicurio.log``."""
+    java = _java()
+    dist = dist or apicurio_dist()
+    port = _free_port()
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / "apicurio.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [
+                java,
+                # A short-lived test server: the quick JIT tier and one GC thread start it in
+                # about half the time on two cores.
+                "-XX:TieredStopAtLevel=1",
+                "-XX:+UseSerialGC",
+                "-Xmx512m",
+                "-Dquarkus.http.host=127.0.0.1",
+                f"-Dquarkus.http.port={port}",
+                "-Dquarkus.http.access-log.enabled=false",
+                "-jar",
+                str(_runner_jar(dist)),
+            ],
+            cwd=log_dir,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    server = RegistryServer(f"http://127.0.0.1:{port}{CCOMPAT_PATH}", process, log_path)
+    try:
+        deadline = time.monotonic() + start_timeout
+        while not _answers(server.url):
+            if process.poll() is not None:
+                raise RegistryStartError(
+                    f"Apicurio Registry exited with {process.returncode} before answering:\n"
+                    f"{server.log_tail()}"
+                )
+            if time.monotonic() > deadline:
+                raise RegistryStartError(
+                    f"Apicurio Registry did not answer GET /subjects within {start_timeout:.0f} s:"
+                    f"\n{server.log_tail()}"
+                )
+            time.sleep(0.25)
+        yield server
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)

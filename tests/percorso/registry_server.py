@@ -1,11 +1,12 @@
 """A real Schema Registry for the tests: Apicurio Registry with its Confluent-compatible API.
 
 Apicurio publishes its runnable Quarkus distribution on Maven Central
-(``io.apicurio:apicurio-registry-app:VERSION:tar.gz:all``). It is fetched once with Maven into a
-cache outside the repository (``PERCORSO_CACHE_DIR``, else ``$XDG_CACHE_HOME/percorso``, else
-``~/.cache/percorso``), unpacked there and reused. Each server runs on a free loopback port with
-its in-memory storage (H2), its log kept in a folder the caller gives, and answers the Confluent
-Schema Registry REST API under ``/apis/ccompat/v7``: that URL is what ``SCHEMA_REGISTRY_URL`` takes.
+(``io.apicurio:apicurio-registry-app:VERSION:tar.gz:all``). It is fetched once with Maven into
+the cache the local Apache Kafka uses, outside the repository (``PERCORSO_CACHE_DIR``, else
+``$XDG_CACHE_HOME/percorso``, else ``~/.cache/percorso``), unpacked there and reused. Each server
+runs on a free loopback port with its in-memory storage (H2), keeps its log in a folder the caller
+gives, and answers the Confluent Schema Registry REST API under ``/apis/ccompat/v7``: that URL is
+what ``SCHEMA_REGISTRY_URL`` takes.
 
 Version 3.0.9 is the newest whose classes run on Java 17 (3.3.x needs Java 21, which Debian 12
 does not package). Its parent POM is not on Maven Central, so only the archive itself is fetched
@@ -17,11 +18,8 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-import os
-import re
 import shutil
 import signal
-import socket
 import subprocess
 import tarfile
 import time
@@ -31,6 +29,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from percorso.broker import free_port
+from percorso.localkafka import LocalKafkaUnavailable, cache_root, java_major_version
 
 APICURIO_VERSION = "3.0.9"
 APICURIO_ARTIFACT = f"io.apicurio:apicurio-registry-app:{APICURIO_VERSION}:tar.gz:all"
@@ -48,30 +49,18 @@ class RegistryStartError(RuntimeError):
     """The registry was installed but did not start (its log says why)."""
 
 
-def cache_root() -> Path:
-    explicit = os.environ.get("PERCORSO_CACHE_DIR")
-    if explicit:
-        return Path(explicit)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "percorso"
-
-
 def _java() -> str:
-    java = shutil.which("java")
-    if java is None:
+    """The `java` to run, checked to be Java 17+ (the same check as the local Apache Kafka's)."""
+    try:
+        major = java_major_version()
+    except LocalKafkaUnavailable as exc:
+        raise RegistryUnavailable(str(exc).replace("Apache Kafka 4", "Apicurio Registry")) from exc
+    if major < MIN_JAVA:
         raise RegistryUnavailable(
-            f"no `java` on the PATH (Apicurio Registry needs Java {MIN_JAVA}+)"
+            f"`java` is version {major}; "
+            f"Apicurio Registry {APICURIO_VERSION} needs Java {MIN_JAVA}+"
         )
-    out = subprocess.run(
-        [java, "-version"], capture_output=True, text=True, timeout=30, check=False
-    )
-    match = re.search(r'version "(\d+)', out.stderr + out.stdout)
-    if match is None or int(match.group(1)) < MIN_JAVA:
-        raise RegistryUnavailable(
-            f"Apicurio Registry {APICURIO_VERSION} needs Java {MIN_JAVA}+; "
-            f"`java -version` says: {out.stderr.strip()[:200]}"
-        )
-    return java
+    return shutil.which("java") or "java"
 
 
 def apicurio_dist(cache: Path | None = None, timeout: float = RESOLVE_TIMEOUT_S) -> Path:
@@ -141,12 +130,6 @@ def _runner_jar(dist: Path) -> Path:
     return dist / f"apicurio-registry-app-{APICURIO_VERSION}-runner.jar"
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @dataclass
 class RegistryServer:
     """A running registry: ``url`` is what SCHEMA_REGISTRY_URL takes."""
@@ -192,7 +175,7 @@ def apicurio_registry(
     and stop it on exit. Its log stays at ``log_dir/apicurio.log``."""
     java = _java()
     dist = dist or apicurio_dist()
-    port = _free_port()
+    port = free_port()
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / "apicurio.log"
     with log_path.open("wb") as log:

@@ -91,10 +91,24 @@ def missing_report(
         for d in dead.records[settings.topics.dlq]
     )
     dead.close()
+    from agents.app import partition_for
+
+    by_partition = Tally(partition_for(c, settings.partitions) for c, *_ in examples)
+    _ids, replayed = oracle(settings, scale, events, now_ms())
+    stored = changelog_states(settings)
+    details = []
+    for customer, action, trigger, _at in examples[:3]:
+        journey = trigger.split("/")[0] if "/" in trigger else None
+        mine, theirs = stored.get(customer, {}), replayed.get(customer, {})
+        if journey:
+            mine = mine.get("journeys", {}).get(journey)
+            theirs = theirs.get("journeys", {}).get(journey)
+        details.append(f"{customer} {action}: stored {mine} | replay {theirs}")
     return (
         f"{len(missing)} missing, e.g. {examples[:5]}; {len(reread)} of them found by a fresh "
-        f"read of the action topics; dead letters: {dict(reasons)}"
-    )
+        f"read of the action topics; dead letters: {dict(reasons)}; missing by partition "
+        f"{dict(by_partition)}; " + " ;; ".join(details)
+    )[:6000]
 
 
 def state_diff(stored: dict[str, Any], replayed: dict[str, Any]) -> str:

@@ -174,7 +174,13 @@ def _free_port() -> int:
 
 
 def _cluster_id() -> str:
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    """A random cluster id as Kafka writes them: URL-safe base64 of 16 bytes. Like Kafka's own
+    ``Uuid.randomUuid``, never one that starts with "-", which command lines read as an
+    option."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 _LOG4J2 = """Configuration:
@@ -279,8 +285,7 @@ class KafkaNode:
             self._java(
                 "kafka.tools.StorageTool",
                 "format",
-                "-t",
-                cluster_id,
+                f"--cluster-id={cluster_id}",
                 "-c",
                 str(self.folder / "server.properties"),
             ),

@@ -106,3 +106,11 @@ def test_session_broker_answers(broker: Broker) -> None:
 def test_unreachable_broker_is_a_clear_error_not_a_hang() -> None:
     with pytest.raises(BrokerStartError, match="no broker answered metadata"):
         wait_for_metadata("127.0.0.1:1", timeout=2)
+
+
+def test_cluster_ids_never_look_like_options() -> None:
+    """A cluster id starting with "-" made `kafka-storage format` fail (1 start in ~60)."""
+    ids = {localkafka._cluster_id() for _ in range(3000)}
+    assert len(ids) == 3000
+    assert not any(i.startswith("-") for i in ids)
+    assert all(len(i) == 22 for i in ids)

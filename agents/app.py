@@ -340,16 +340,7 @@ class Runtime:
         progress = self._progress(message.partition)
         expected = progress.next_offset.get(message.topic)
         if expected is not None and message.offset > expected:
-            self.metrics.offset_gaps.labels(
-                "input" if message.topic == self.settings.topics.touchpoints else "repartition"
-            ).inc()
-            log.warning(
-                "%s[%s]: offsets %s to %s were not seen",
-                message.topic,
-                message.partition,
-                expected,
-                message.offset - 1,
-            )
+            self._on_offset_jump(message, expected)
         progress.next_offset[message.topic] = message.offset + 1
         source = Position(message.topic, message.partition, message.offset)
         metrics = self.metrics
@@ -400,6 +391,38 @@ class Runtime:
         # A duplicate is stored again too: after a crash the local RocksDB may be ahead of the
         # changelog, and this write is what brings the changelog up to date.
         await self._store(message.partition, key, applied, now, touchpoint)
+
+    def _on_offset_jump(self, message: Any, expected: int) -> None:
+        """Records between the last one seen and this one did not reach the agent. That is a
+        skip, unless the consumer was sought forward to its group's committed offset: a worker
+        that started before its committed offset could be read (it reads from the beginning,
+        ``seek_uncommitted_to_beginning``) repeats records, then moves on to where an earlier
+        owner had committed them as processed (seen on Apache Kafka after a SIGKILL)."""
+        committed = getattr(self.app.consumer, "_committed_offset", {}).get(
+            TP(message.topic, message.partition)
+        )
+        if committed is not None and committed >= message.offset:
+            log.info(
+                "%s[%s]: resumed at the committed offset %s (offsets %s to %s were processed "
+                "before it was committed)",
+                message.topic,
+                message.partition,
+                committed,
+                expected,
+                message.offset - 1,
+            )
+            return
+        self.metrics.offset_gaps.labels(
+            "input" if message.topic == self.settings.topics.touchpoints else "repartition"
+        ).inc()
+        log.warning(
+            "%s[%s]: offsets %s to %s were not seen (committed offset %s)",
+            message.topic,
+            message.partition,
+            expected,
+            message.offset - 1,
+            committed,
+        )
 
     async def _store(
         self,

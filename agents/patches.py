@@ -120,6 +120,10 @@ def seek_uncommitted_to_beginning() -> None:
         committed = await original(self)
         targets = uncommitted_stream_partitions(self.app, committed)
         if targets:
+            log.info(
+                "no committed offset for %s: reading from the beginning",
+                ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(targets)),
+            )
             await self.call_thread(self._ensure_consumer().seek_to_beginning, *targets)
         return committed
 

@@ -9,6 +9,9 @@ Scenarios (all on the embedded broker, or KAFKA_BOOTSTRAP_SERVERS):
   recovery    SIGKILL a worker holding many customers: time to ready, with and without its
               local RocksDB; RSS and state bytes per customer.
   scaling     1 vs 2 workers on the same input.
+  engine      the engine alone (no broker): this commit's against the engine of 2d286cc, taken
+              from git in the same run, with the 5 shipped journeys and with 50 (bench/engine.py):
+              decode+advance events/s, Engine.advance µs p50/p99, decode and output encode µs.
 
 ``python -m bench --quick`` uses small sizes (minutes); without it, the sizes of the
 performance targets (much longer). Results: a table on stdout and bench/results/<date>.json.
@@ -50,7 +53,8 @@ LATENCY_WARMUP_S = 3.0
 # Restoring a whole changelog from the embedded broker slows down as its partitions grow (about
 # 500 records/s per worker at 2M records): past this, the figure is reported as not reached.
 CHANGELOG_ONLY_LIMIT_S = 600.0
-ALL_SCENARIOS = ("throughput", "latency", "lateness", "recovery", "scaling")
+ALL_SCENARIOS = ("throughput", "latency", "lateness", "recovery", "scaling", "engine")
+BROKERLESS = ("engine",)
 
 
 @dataclass(frozen=True)
@@ -641,6 +645,10 @@ def table(results: dict[str, Any]) -> str:
             f"scaling: 1 worker {r['1 worker(s)']['events_per_s']:,.0f}/s, 2 workers "
             f"{r['2 worker(s)']['events_per_s']:,.0f}/s (x{r['speedup']})"
         )
+    if "engine" in results:
+        from bench.engine import table as engine_table
+
+        lines.append(engine_table(results["engine"]))
     return "\n".join(lines)
 
 
@@ -699,6 +707,13 @@ def measure(
     scratch: Path,
     results: dict[str, Any],
 ) -> None:
+    if "engine" in wanted:
+        from bench.engine import engine_scenario
+
+        log(f"engine: {sizes.events} touchpoints of {sizes.customers} customers, old and new")
+        results["engine"] = engine_scenario(sizes.events, sizes.customers)
+    if all(s in BROKERLESS for s in wanted):
+        return
     with ExitStack() as stack:
         broker = stack.enter_context(kafka_broker(scratch / "broker"))
         results["broker"] = broker.kind

@@ -552,7 +552,8 @@ class Engine:
                             dict(w["correlation"]),
                             dict(w["attributes"]),
                         )
-                self._decide(step, candidates, at, now)
+                if candidates:
+                    self._decide(step, candidates, at, now)
             else:
                 self._exit(
                     step,

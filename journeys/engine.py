@@ -400,7 +400,7 @@ class Engine:
             goal = jp.goal
             if goal is not NEVER and (goal is None or goal(attributes)):  # type: ignore[operator]
                 self._exit(step, journey, js, "goal", t, tp["event_id"])
-            elif any(test is None or test(attributes) for test in jp.exits):
+            elif jp.exits and any(test is None or test(attributes) for test in jp.exits):
                 self._exit(step, journey, js, "exit", t, tp["event_id"])
 
     def _may_enter(self, journey: Journey, js: JourneyState | None, t: int) -> bool:
@@ -475,7 +475,9 @@ class Engine:
         correlation: dict[str, str],
         attributes: dict[str, str],
     ) -> None:
-        if correlation:
+        if len(correlation) == 1:
+            key = f"{definition.id}:{next(iter(correlation.values()))}"
+        elif correlation:
             suffix = "|".join(correlation[k] for k in sorted(correlation))
             key = f"{definition.id}:{suffix}"
         else:
@@ -818,6 +820,8 @@ class Engine:
     def _capped(self, state: CustomerState, at: int) -> set[str]:
         """The channels a cap closes at ``at`` ("any": all of them); one pass over ``sent``."""
         caps = self.policies.frequency_caps
+        if not state["sent"]:
+            return {cap.channel for cap in caps if cap.max <= 0}
         used = [0] * len(caps)
         floors = [at - cap.per_ms for cap in caps]
         for s in state["sent"]:

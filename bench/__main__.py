@@ -711,7 +711,8 @@ def measure(
         from bench.engine import engine_scenario
 
         log(f"engine: {sizes.events} touchpoints of {sizes.customers} customers, old and new")
-        results["engine"] = engine_scenario(sizes.events, sizes.customers)
+        # best of 3 rounds at quick sizes, 2 at full (each round runs 8 replays)
+        results["engine"] = engine_scenario(sizes.events, sizes.customers, 3 if args.quick else 2)
     if all(s in BROKERLESS for s in wanted):
         return
     with ExitStack() as stack:

@@ -12,6 +12,9 @@ every result file records which broker it came from:
               local RocksDB; RSS and state bytes per customer.
   scaling     1 vs 2 workers on the same input, with the CPU the workers and the broker spent
               per event (what the output producer costs the broker shows here).
+  engine      the engine alone (no broker): this commit's against the engine of 2d286cc, taken
+              from git in the same run, with the 5 shipped journeys and with 50 (bench/engine.py):
+              decode+advance events/s, Engine.advance µs p50/p99, decode and output encode µs.
 
 ``python -m bench --quick`` uses small sizes (minutes); without it, the sizes of the
 performance targets (much longer). Results: a table on stdout and bench/results/<date>.json.
@@ -53,7 +56,8 @@ LATENCY_WARMUP_S = 3.0
 # Restoring a whole changelog from the embedded broker slows down as its partitions grow (about
 # 500 records/s per worker at 2M records): past this, the figure is reported as not reached.
 CHANGELOG_ONLY_LIMIT_S = 600.0
-ALL_SCENARIOS = ("throughput", "latency", "lateness", "recovery", "scaling")
+ALL_SCENARIOS = ("throughput", "latency", "lateness", "recovery", "scaling", "engine")
+BROKERLESS = ("engine",)
 
 
 @dataclass(frozen=True)
@@ -670,6 +674,10 @@ def table(results: dict[str, Any]) -> str:
             f"1 worker: worker {one.get('worker_cpu_ms_per_event')} ms, broker "
             f"{one.get('broker_cpu_ms_per_event', 'n/a')} ms"
         )
+    if "engine" in results:
+        from bench.engine import table as engine_table
+
+        lines.append(engine_table(results["engine"]))
     return "\n".join(lines)
 
 
@@ -728,6 +736,14 @@ def measure(
     scratch: Path,
     results: dict[str, Any],
 ) -> None:
+    if "engine" in wanted:
+        from bench.engine import engine_scenario
+
+        log(f"engine: {sizes.events} touchpoints of {sizes.customers} customers, old and new")
+        # best of 3 rounds at quick sizes, 2 at full (each round runs 8 replays)
+        results["engine"] = engine_scenario(sizes.events, sizes.customers, 3 if args.quick else 2)
+    if all(s in BROKERLESS for s in wanted):
+        return
     with ExitStack() as stack:
         broker = stack.enter_context(kafka_broker(scratch / "broker"))
         results["broker"] = broker.kind

@@ -25,28 +25,27 @@ from __future__ import annotations
 import hashlib
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from journeys.conditions import matches
+from journeys.conditions import NEVER, holds
+from journeys.dispatch import SURVEY_RESPONSE, Dispatch, JourneyPlan, TouchpointPlan
 from journeys.model import (
     EXIT_STAGES,
     ActionSpec,
     Catalog,
     Journey,
     Outcome,
-    Stage,
     Window,
 )
 from journeys.state import (
     CustomerState,
     JourneyState,
     PendingAction,
-    RecentTouchpoint,
     WindowState,
     new_customer,
 )
@@ -57,6 +56,7 @@ SuppressionReason = Literal[
 ]
 
 ACTION_ID_NAMESPACE = uuid.UUID("9b7c2d4e-5f60-4a1b-8c3d-7e9f0a1b2c3d")
+_NAMESPACE_BYTES = ACTION_ID_NAMESPACE.bytes
 HOLDOUT = "holdout"
 MAX_WINDOWS_PER_JOURNEY = 16
 MAX_CONTEXT_ATTRIBUTES = 16
@@ -80,7 +80,7 @@ class Suppressed:
     trigger: str
 
 
-@dataclass
+@dataclass(slots=True)
 class Step:
     state: CustomerState
     outcome: StepOutcome
@@ -118,8 +118,15 @@ def _ms(dt: datetime) -> int:
 
 
 def action_id(journey_id: str, rule: str, trigger: str) -> str:
-    """Same journey, rule and trigger: same id, on every run and every worker."""
-    return str(uuid.uuid5(ACTION_ID_NAMESPACE, f"{journey_id}|{rule}|{trigger}"))
+    """Same journey, rule and trigger: same id, on every run and every worker: the UUID v5 of
+    ``journey|rule|trigger`` in ``ACTION_ID_NAMESPACE`` (``uuid.uuid5``, without its objects)."""
+    digest = bytearray(
+        hashlib.sha1(_NAMESPACE_BYTES + f"{journey_id}|{rule}|{trigger}".encode()).digest()[:16]
+    )
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def assign_variant(journey: Journey, customer_id: str) -> str | None:
@@ -152,7 +159,13 @@ class Engine:
             j.id: {w.id: [c for c in j.windows if c.after == w.id] for w in j.windows}
             for j in catalog.journeys
         }
+        self._inactivity = {
+            j.id: j.inactivity_ms for j in catalog.journeys if j.inactivity_ms is not None
+        }
         self._longest_cap = max((c.per_ms for c in self.policies.frequency_caps), default=0)
+        self._dispatch = Dispatch(catalog)
+        self._index = self._dispatch.index
+        self._plans = self._dispatch.plans
 
     # -- public -----------------------------------------------------------------------------
 
@@ -173,15 +186,26 @@ class Engine:
         return step
 
     def next_due(self, state: CustomerState) -> int | None:
-        dues = [p["due"] for p in state["pending"]]
+        """The earliest instant something of this customer is due (None: nothing is)."""
+        best: int | None = None
+        for p in state["pending"]:
+            due = p["due"]
+            if best is None or due < best:
+                best = due
+        inactivity = self._inactivity
         for jid, js in state["journeys"].items():
             if not js["active"]:
                 continue
-            dues += [w["deadline"] for w in js["windows"]]
-            journey = self._by_id.get(jid)
-            if journey is not None and journey.inactivity_ms is not None:
-                dues.append(js["last_activity"] + journey.inactivity_ms)
-        return min(dues) if dues else None
+            for w in js["windows"]:
+                due = w["deadline"]
+                if best is None or due < best:
+                    best = due
+            idle = inactivity.get(jid)
+            if idle is not None:
+                due = js["last_activity"] + idle
+                if best is None or due < best:
+                    best = due
+        return best
 
     # -- touchpoints ------------------------------------------------------------------------
 
@@ -199,131 +223,184 @@ class Engine:
         if state["seen"] and t < state["watermark"] - self.policies.allowed_lateness_ms:
             step.outcome = "late"
             return step
-        self._fire_due(step, t - 1, now)
-        self._observe(state, tp)
+        journeys = state["journeys"]
+        if journeys or state["pending"]:
+            due = self.next_due(state)
+            if due is not None and due < t:
+                self._fire_due(step, t - 1, now)
+        channel = tp["channel"]
+        type_ = tp["type"]
+        plan = self._plans.get((channel, type_)) or self._dispatch.plan(channel, type_)
+        kept = _kept(tp["attributes"])
+        self._observe(state, tp, plan, kept)
+        if journeys:
+            # active journeys without a rule for this touchpoint: it only counts as activity
+            # (they cause nothing, so the order they are updated in does not matter)
+            reacting = plan.reacting
+            survey = type_ == SURVEY_RESPONSE
+            for jid, js in journeys.items():
+                if js["active"] and jid not in reacting and jid in self._index:
+                    js["touchpoints"] += 1
+                    last = js["last_channel"]
+                    if last is not None and last != channel:
+                        js["channel_switches"] += 1
+                    js["last_channel"] = channel
+                    if t > js["last_activity"]:
+                        js["last_activity"] = t
+                    if survey:
+                        satisfaction = _satisfaction(tp)
+                        if satisfaction is not None:
+                            js["satisfaction"] = satisfaction
+        # journeys with a rule this touchpoint may match, in catalog order
         candidates: list[_Candidate] = []
-        for journey in self.journeys:
-            self._journey_touchpoint(step, journey, tp, candidates)
-        self._decide(step, candidates, t, now)
+        for jp in plan.journeys:
+            self._journey_touchpoint(step, jp, tp, kept, candidates)
+        if candidates:
+            self._decide(step, candidates, t, now)
         return step
 
-    def _observe(self, state: CustomerState, tp: Mapping[str, Any]) -> None:
+    def _observe(
+        self,
+        state: CustomerState,
+        tp: Mapping[str, Any],
+        plan: TouchpointPlan,
+        kept: dict[str, str],
+    ) -> None:
         """Customer-level facts: de-duplication, context, time zone, engagement, consent,
         suppressions."""
         p = self.policies
         seen = state["seen"]
         seen.append(tp["event_id"])
-        if len(seen) > p.remember_events:
-            del seen[: len(seen) - p.remember_events]
+        excess = len(seen) - p.remember_events
+        if excess > 0:
+            del seen[:excess]
         t = tp["occurred_at"]
-        state["watermark"] = max(state["watermark"], t)
+        if t > state["watermark"]:
+            state["watermark"] = t
         attributes: Mapping[str, str] = tp["attributes"]
-        if p.recent_touchpoints:
-            kept = {
-                k: attributes[k][:MAX_ATTRIBUTE_CHARS]
-                for k in sorted(attributes)[:MAX_CONTEXT_ATTRIBUTES]
-            }
-            state["recent"].insert(
-                0,
-                RecentTouchpoint(
-                    event_id=tp["event_id"],
-                    channel=tp["channel"],
-                    type=tp["type"],
-                    occurred_at=t,
-                    attributes=kept,
-                ),
-            )
-            del state["recent"][p.recent_touchpoints :]
-        tz = attributes.get("timezone")
-        if tz and _zone(tz) is not None:
-            state["timezone"] = tz
         channel = tp["channel"]
-        state["engagement"][channel] = state["engagement"].get(channel, 0) + 1
-        if matches(p.consent_withdraw, tp):
+        if p.recent_touchpoints:
+            recent = state["recent"]
+            recent.insert(
+                0,
+                {
+                    "event_id": tp["event_id"],
+                    "channel": channel,
+                    "type": tp["type"],
+                    "occurred_at": t,
+                    "attributes": kept,
+                },
+            )
+            if len(recent) > p.recent_touchpoints:
+                del recent[p.recent_touchpoints :]
+        tz = attributes.get("timezone")
+        if tz and tz != state["timezone"] and _zone(tz) is not None:
+            state["timezone"] = tz
+        engagement = state["engagement"]
+        engagement[channel] = engagement.get(channel, 0) + 1
+        if plan.consent_withdraw is not NEVER and holds(plan.consent_withdraw, attributes):
             target = attributes.get(p.consent_channel_attribute) or channel
             if target not in state["opted_out"]:
                 state["opted_out"].append(target)
                 state["opted_out"].sort()
-        elif matches(p.consent_grant, tp):
+        elif plan.consent_grant is not NEVER and holds(plan.consent_grant, attributes):
             target = attributes.get(p.consent_channel_attribute) or channel
             state["opted_out"] = (
                 [] if target == "all" else [c for c in state["opted_out"] if c != target]
             )
-        for s in p.suppressions:
-            if s.id in state["suppressions"] and matches(s.end, tp):
+        for s, end, start in plan.suppressions:
+            if s.id in state["suppressions"] and holds(end, attributes):
                 del state["suppressions"][s.id]
-            if matches(s.start, tp):
+            if holds(start, attributes):
                 state["suppressions"][s.id] = t
 
     def _journey_touchpoint(
-        self, step: Step, journey: Journey, tp: Mapping[str, Any], candidates: list[_Candidate]
+        self,
+        step: Step,
+        jp: JourneyPlan,
+        tp: Mapping[str, Any],
+        kept: dict[str, str],
+        candidates: list[_Candidate],
     ) -> None:
+        journey = jp.journey
         state = step.state
         js = state["journeys"].get(journey.id)
         t = tp["occurred_at"]
+        attributes: Mapping[str, str] = tp["attributes"]
         entered = False
         if js is None or not js["active"]:
-            if not matches(journey.entry, tp) or not self._may_enter(journey, js, t):
+            entry = jp.entry
+            if entry is NEVER or (entry is not None and not entry(attributes)):  # type: ignore[operator]
                 return
-            js = self._enter(step, journey, js, tp)
+            if not self._may_enter(journey, js, t):
+                return
+            js = self._enter(step, jp, js, tp)
             entered = True
         channel = tp["channel"]
         js["touchpoints"] += 1
         if js["last_channel"] is not None and js["last_channel"] != channel:
             js["channel_switches"] += 1
         js["last_channel"] = channel
-        js["last_activity"] = max(js["last_activity"], t)
-        satisfaction = _satisfaction(tp)
-        if satisfaction is not None:
-            js["satisfaction"] = satisfaction
+        if t > js["last_activity"]:
+            js["last_activity"] = t
+        if jp.satisfaction:
+            satisfaction = _satisfaction(tp)
+            if satisfaction is not None:
+                js["satisfaction"] = satisfaction
 
-        windows = self._windows[journey.id]
-        for w in list(js["windows"]):
-            definition = windows[w["window"]]
-            if (
-                t <= w["deadline"]
-                and matches(definition.wait_for, tp)
-                and all(tp["attributes"].get(k) == v for k, v in w["correlation"].items())
+        waits = jp.waits
+        if waits and js["windows"]:
+            for w in list(js["windows"]):
+                window_id = w["window"]
+                if window_id not in waits or t > w["deadline"]:
+                    continue
+                test = waits[window_id]
+                if (test is None or test(attributes)) and all(
+                    attributes.get(k) == v for k, v in w["correlation"].items()
+                ):
+                    js["windows"].remove(w)
+                    step.windows_cancelled += 1
+                    on_match = self._windows[journey.id][window_id].on_match
+                    if on_match.goto is not None or on_match.action is not None:
+                        self._outcome(
+                            step,
+                            journey,
+                            js,
+                            on_match,
+                            f"window:{window_id}:match",
+                            w,
+                            t,
+                            candidates,
+                        )
+
+        if not entered and jp.stages:
+            current = js["stage"]
+            for s, test in jp.stages:
+                if (
+                    s.id != current
+                    and (not s.allowed_from or current in s.allowed_from)
+                    and (test is None or test(attributes))
+                ):
+                    self._move(step, journey, js, s.id, t, tp["event_id"], "event")
+                    break
+
+        for rule, name, test in jp.actions:
+            if (test is None or test(attributes)) and (
+                not rule.in_stages or js["stage"] in rule.in_stages
             ):
-                js["windows"].remove(w)
-                step.windows_cancelled += 1
-                self._outcome(
-                    step,
-                    journey,
-                    js,
-                    definition.on_match,
-                    f"window:{w['window']}:match",
-                    w,
-                    t,
-                    candidates,
-                )
-
-        if not entered:
-            target = self._next_stage(journey, js["stage"], tp)
-            if target is not None:
-                self._move(step, journey, js, target.id, t, tp["event_id"], "event")
-
-        for rule in journey.actions:
-            if matches(rule.when, tp) and (not rule.in_stages or js["stage"] in rule.in_stages):
                 candidates.append(
-                    _Candidate(
-                        journey,
-                        f"action:{rule.id}",
-                        rule.action,
-                        tp["event_id"],
-                        "event",
-                        tp["attributes"],
-                    )
+                    _Candidate(journey, name, rule.action, tp["event_id"], "event", attributes)
                 )
 
-        for definition in journey.windows:
-            if definition.start is not None and matches(definition.start, tp):
-                self._arm_from_event(step, journey, js, definition, tp)
+        for definition, test in jp.starts:
+            if test is None or test(attributes):
+                self._arm_from_event(step, journey, js, definition, tp, kept)
 
         if not entered:
-            if journey.goal is not None and matches(journey.goal, tp):
+            goal = jp.goal
+            if goal is not NEVER and (goal is None or goal(attributes)):  # type: ignore[operator]
                 self._exit(step, journey, js, "goal", t, tp["event_id"])
-            elif any(matches(c, tp) for c in journey.exit_on):
+            elif jp.exits and any(test is None or test(attributes) for test in jp.exits):
                 self._exit(step, journey, js, "exit", t, tp["event_id"])
 
     def _may_enter(self, journey: Journey, js: JourneyState | None, t: int) -> bool:
@@ -337,43 +414,34 @@ class Engine:
         return False
 
     def _enter(
-        self, step: Step, journey: Journey, previous: JourneyState | None, tp: Mapping[str, Any]
+        self, step: Step, jp: JourneyPlan, previous: JourneyState | None, tp: Mapping[str, Any]
     ) -> JourneyState:
         t = tp["occurred_at"]
+        journey = jp.journey
+        attributes = tp["attributes"]
         # `from` restricts moves between stages, not where a customer enters
-        first = next(
-            (s for s in journey.stages if s.when is not None and matches(s.when, tp)),
-            journey.stages[0],
-        )
-        js = JourneyState(
-            instance=(previous["instance"] if previous else 0) + 1,
-            active=True,
-            stage=None,
-            stage_since=t,
-            entered_at=t,
-            last_activity=t,
-            exited_at=previous["exited_at"] if previous else None,
-            touchpoints=0,
-            channel_switches=0,
-            last_channel=None,
-            satisfaction=None,
-            windows=[],
-        )
+        first = journey.stages[0]
+        for s, test in jp.stages:
+            if test is None or test(attributes):
+                first = s
+                break
+        js: JourneyState = {
+            "instance": (previous["instance"] if previous else 0) + 1,
+            "active": True,
+            "stage": None,
+            "stage_since": t,
+            "entered_at": t,
+            "last_activity": t,
+            "exited_at": previous["exited_at"] if previous else None,
+            "touchpoints": 0,
+            "channel_switches": 0,
+            "last_channel": None,
+            "satisfaction": None,
+            "windows": [],
+        }
         step.state["journeys"][journey.id] = js
         self._move(step, journey, js, first.id, t, tp["event_id"], "event")
         return js
-
-    @staticmethod
-    def _next_stage(journey: Journey, current: str | None, tp: Mapping[str, Any]) -> Stage | None:
-        for s in journey.stages:
-            if (
-                s.id != current
-                and s.when is not None
-                and (not s.allowed_from or current in s.allowed_from)
-                and matches(s.when, tp)
-            ):
-                return s
-        return None
 
     # -- windows ----------------------------------------------------------------------------
 
@@ -384,15 +452,14 @@ class Engine:
         js: JourneyState,
         definition: Window,
         tp: Mapping[str, Any],
+        kept: dict[str, str],
     ) -> None:
         attributes: Mapping[str, str] = tp["attributes"]
-        if any(k not in attributes for k in definition.correlate):
-            return  # nothing to correlate on: this touchpoint cannot arm a correlated window
-        correlation = {k: attributes[k] for k in definition.correlate}
-        kept = {
-            k: attributes[k][:MAX_ATTRIBUTE_CHARS]
-            for k in sorted(attributes)[:MAX_CONTEXT_ATTRIBUTES]
-        }
+        correlation: dict[str, str] = {}
+        for k in definition.correlate:
+            if k not in attributes:
+                return  # nothing to correlate on: this touchpoint cannot arm a correlated window
+            correlation[k] = attributes[k]
         self._arm(
             step, journey, js, definition, tp["occurred_at"], tp["event_id"], correlation, kept
         )
@@ -408,27 +475,38 @@ class Engine:
         correlation: dict[str, str],
         attributes: dict[str, str],
     ) -> None:
-        suffix = "|".join(correlation[k] for k in sorted(correlation))
-        key = f"{definition.id}:{suffix}" if correlation else definition.id
-        windows = [w for w in js["windows"] if w["key"] != key]
-        windows.append(
-            WindowState(
-                key=key,
-                window=definition.id,
-                instance_id=f"{journey.id}/{key}/{origin_event}",
-                origin_event=origin_event,
-                armed_at=start,
-                deadline=start + definition.within_ms,
-                correlation=correlation,
-                attributes=attributes,
-            )
-        )
-        if len(windows) > MAX_WINDOWS_PER_JOURNEY:
+        if len(correlation) == 1:
+            key = f"{definition.id}:{next(iter(correlation.values()))}"
+        elif correlation:
+            suffix = "|".join(correlation[k] for k in sorted(correlation))
+            key = f"{definition.id}:{suffix}"
+        else:
+            key = definition.id
+        armed: WindowState = {
+            "key": key,
+            "window": definition.id,
+            "instance_id": f"{journey.id}/{key}/{origin_event}",
+            "origin_event": origin_event,
+            "armed_at": start,
+            "deadline": start + definition.within_ms,
+            "correlation": correlation,
+            "attributes": attributes,
+        }
+        windows = js["windows"]
+        # kept sorted by key, keys unique: replace the same key, else insert in order
+        for n, w in enumerate(windows):
+            if w["key"] == key:
+                del windows[n]
+                break
+        if len(windows) >= MAX_WINDOWS_PER_JOURNEY:
+            windows.append(armed)
             windows.sort(key=lambda w: (w["armed_at"], w["key"]))
             del windows[0]
             step.windows_cancelled += 1
-        windows.sort(key=lambda w: w["key"])
-        js["windows"] = windows
+            windows.sort(key=lambda w: w["key"])
+        else:
+            windows.append(armed)
+            windows.sort(key=_window_key)  # already in order but the last: one pass
         step.windows_armed += 1
 
     def _fire_due(self, step: Step, until: int, now: int | None) -> None:
@@ -445,8 +523,11 @@ class Engine:
             journey = self._by_id[journey_id]
             js = state["journeys"][journey_id]
             if kind == 1:
-                w = next(x for x in js["windows"] if x["key"] == key)
-                js["windows"].remove(w)
+                windows = js["windows"]
+                n = 0
+                while windows[n]["key"] != key:
+                    n += 1
+                w = windows.pop(n)
                 step.windows_fired += 1
                 step.fired_at.append(at)
                 definition = self._windows[journey_id][w["window"]]
@@ -473,7 +554,8 @@ class Engine:
                             dict(w["correlation"]),
                             dict(w["attributes"]),
                         )
-                self._decide(step, candidates, at, now)
+                if candidates:
+                    self._decide(step, candidates, at, now)
             else:
                 self._exit(
                     step,
@@ -487,16 +569,18 @@ class Engine:
     def _earliest_due(self, state: CustomerState, until: int) -> tuple[int, int, str, str] | None:
         best: tuple[int, int, str, str] | None = None
         for p in state["pending"]:
-            item = (p["due"], 0, p["journey_id"], p["action_id"])
-            if p["due"] <= until and (best is None or item < best):
-                best = item
+            if p["due"] <= until:
+                item = (p["due"], 0, p["journey_id"], p["action_id"])
+                if best is None or item < best:
+                    best = item
         for jid, js in state["journeys"].items():
             if not js["active"]:
                 continue
             for w in js["windows"]:
-                item = (w["deadline"], 1, jid, w["key"])
-                if w["deadline"] <= until and (best is None or item < best):
-                    best = item
+                if w["deadline"] <= until:
+                    item = (w["deadline"], 1, jid, w["key"])
+                    if best is None or item < best:
+                        best = item
             journey = self._by_id.get(jid)
             if journey is not None and journey.inactivity_ms is not None:
                 deadline = js["last_activity"] + journey.inactivity_ms
@@ -580,16 +664,21 @@ class Engine:
         self._prune_sent(state, at)
         survivors: list[tuple[_Candidate, str | None]] = []
         for c in candidates:
-            variant = assign_variant(c.journey, state["customer_id"])
+            variant = (
+                assign_variant(c.journey, state["customer_id"])
+                if c.journey.experiment is not None
+                else None
+            )
             if variant == HOLDOUT:
                 self._suppress(step, c, "holdout")
             elif c.spec.variants and variant not in c.spec.variants:
                 self._suppress(step, c, "experiment")
-            elif self._suppressed_by_policy(state, c.spec.category, at):
+            elif state["suppressions"] and self._suppressed_by_policy(state, c.spec.category, at):
                 self._suppress(step, c, "suppression")
             else:
                 survivors.append((c, variant))
-        survivors.sort(key=lambda cv: (-cv[0].spec.priority, cv[0].journey.id, cv[0].rule))
+        if len(survivors) > 1:
+            survivors.sort(key=lambda cv: (-cv[0].spec.priority, cv[0].journey.id, cv[0].rule))
         marketing = 0
         for c, variant in survivors:
             category = c.spec.category
@@ -682,7 +771,8 @@ class Engine:
                 for jid, js in sorted(state["journeys"].items())
                 if js["active"] and js["stage"] is not None
             },
-            "recent": [dict(r) for r in state["recent"]],
+            # entries are never changed once recorded (newer ones are put before them)
+            "recent": list(state["recent"]),
         }
 
     @staticmethod
@@ -708,18 +798,41 @@ class Engine:
     ) -> tuple[str | None, SuppressionReason]:
         """The allowed channel the customer engages with most (ties: the listed order)."""
         exempt = spec.category == "transactional"
-        allowed = [c for c in spec.channels if exempt or self._consented(state, c)]
+        allowed: Sequence[str] = spec.channels
+        if not exempt and state["opted_out"]:
+            allowed = [c for c in allowed if self._consented(state, c)]
         if not allowed:
             return None, "consent"
-        if not exempt:
-            allowed = [c for c in allowed if self._under_caps(state, c, at)]
-            if not allowed:
-                return None, "cap"
+        if not exempt and self.policies.frequency_caps:
+            capped = self._capped(state, at)
+            if capped:
+                allowed = [] if "any" in capped else [c for c in allowed if c not in capped]
+                if not allowed:
+                    return None, "cap"
         engagement = state["engagement"]
-        best = max(allowed, key=lambda c: (engagement.get(c, 0), -spec.channels.index(c)))
+        best, most = allowed[0], -1
+        for c in allowed:  # the first of the most engaged, in the listed order
+            n = engagement.get(c, 0)
+            if n > most:
+                best, most = c, n
         return best, "cap"
 
+    def _capped(self, state: CustomerState, at: int) -> set[str]:
+        """The channels a cap closes at ``at`` ("any": all of them); one pass over ``sent``."""
+        caps = self.policies.frequency_caps
+        if not state["sent"]:
+            return {cap.channel for cap in caps if cap.max <= 0}
+        used = [0] * len(caps)
+        floors = [at - cap.per_ms for cap in caps]
+        for s in state["sent"]:
+            sent_at, sent_channel = s["at"], s["channel"]
+            for n, cap in enumerate(caps):
+                if sent_at > floors[n] and (cap.channel == "any" or cap.channel == sent_channel):
+                    used[n] += 1
+        return {cap.channel for n, cap in enumerate(caps) if used[n] >= cap.max}
+
     def _under_caps(self, state: CustomerState, channel: str, at: int) -> bool:
+        """The reference for ``_capped``: is ``channel`` under every cap that applies?"""
         for cap in self.policies.frequency_caps:
             if cap.channel not in (channel, "any"):
                 continue
@@ -759,6 +872,18 @@ class Engine:
         return _ms(release.astimezone(UTC))
 
 
+def _kept(attributes: Mapping[str, str]) -> dict[str, str]:
+    """The attributes a touchpoint leaves in the context and in the windows it arms: bounded
+    in number and size, by name."""
+    return {
+        k: attributes[k][:MAX_ATTRIBUTE_CHARS] for k in sorted(attributes)[:MAX_CONTEXT_ATTRIBUTES]
+    }
+
+
+def _window_key(w: WindowState) -> str:
+    return w["key"]
+
+
 def _satisfaction(tp: Mapping[str, Any]) -> float | None:
     """NPS (0-10) or CSAT (1-5) of a survey response, normalised to [0, 1]."""
     if tp["type"] != "survey_response":
@@ -786,6 +911,31 @@ def journey_score(journey: Journey, js: JourneyState, completed: bool) -> float:
     return round(sum(weight * value for weight, value in parts) / total, 4)
 
 
+Placeholder = tuple[bool, str]  # (an attribute?, its name or the value's name)
+Template = tuple[tuple[str, str, tuple[str | Placeholder, ...] | None], ...]
+
+
+@lru_cache(maxsize=4096)
+def _template(parameters: tuple[tuple[str, str], ...]) -> Template:
+    """Parameters split once into literal text and placeholders (None: a value without any)."""
+    out: list[tuple[str, str, tuple[str | Placeholder, ...] | None]] = []
+    for k, v in parameters:
+        if "${" not in v:
+            out.append((k, v, None))
+            continue
+        parts: list[str | Placeholder] = []
+        for n, piece in enumerate(_TEMPLATE.split(v)):
+            if n % 2 == 0:
+                if piece:
+                    parts.append(piece)
+            elif piece.startswith("attributes."):
+                parts.append((True, piece.split(".", 1)[1]))
+            else:
+                parts.append((False, piece))
+        out.append((k, v, tuple(parts)))
+    return tuple(out)
+
+
 def _render(
     parameters: tuple[tuple[str, str], ...],
     attributes: Mapping[str, str],
@@ -795,11 +945,18 @@ def _render(
 ) -> dict[str, str]:
     """``${attributes.NAME}``, ``${stage}``, ``${journey}``, ``${variant}``; unknown: empty."""
     values = {"stage": stage or "", "journey": journey_id, "variant": variant or ""}
-
-    def one(match: re.Match[str]) -> str:
-        name = match.group(1)
-        if name.startswith("attributes."):
-            return attributes.get(name.split(".", 1)[1], "")
-        return values.get(name, "")
-
-    return {k: _TEMPLATE.sub(one, v) if "${" in v else v for k, v in parameters}
+    rendered = {}
+    for k, v, parts in _template(parameters):
+        if parts is None:
+            rendered[k] = v
+            continue
+        text = []
+        for p in parts:
+            if isinstance(p, str):
+                text.append(p)
+            elif p[0]:
+                text.append(attributes.get(p[1], ""))
+            else:
+                text.append(values.get(p[1], ""))
+        rendered[k] = "".join(text)
+    return rendered

@@ -147,3 +147,43 @@ class SyntheticTraffic:
 
     def take(self, count: int) -> list[dict[str, Any]]:
         return [self.next_event() for _ in range(count)]
+
+
+def disordered(
+    touchpoints: list[dict[str, Any]],
+    seed: int = 7,
+    duplicates: float = 0.02,
+    delayed: float = 0.03,
+    late: float = 0.01,
+    late_by_ms: int = 2 * 3_600_000,
+) -> list[dict[str, Any]]:
+    """The same traffic as a real topic delivers it: some events repeated by a retrying
+    producer, some delivered up to a few hundred positions later than their event time says
+    (out of order, and late when that lands behind the customer's allowed lateness), and some
+    sent with an event time ``late_by_ms`` in the past. Deterministic for a seed."""
+    r = random.Random(seed)
+    out: list[dict[str, Any]] = []
+    held: list[tuple[int, dict[str, Any]]] = []  # (release at position, event)
+    for n, tp in enumerate(touchpoints):
+        pick = r.random()
+        if pick < delayed:
+            held.append((n + r.randint(1, 400), tp))
+        else:
+            out.append(tp)
+            if pick < delayed + duplicates:
+                held.append((n + r.randint(0, 100), {**tp, "attributes": dict(tp["attributes"])}))
+            elif pick < delayed + duplicates + late:
+                out.append(
+                    {
+                        **tp,
+                        "event_id": f"{tp['event_id']}-late",
+                        "occurred_at": tp["occurred_at"] - late_by_ms,
+                        "attributes": dict(tp["attributes"]),
+                    }
+                )
+        due = [h for h in held if h[0] <= n]
+        if due:
+            held = [h for h in held if h[0] > n]
+            out.extend(tp for _, tp in due)
+    out.extend(tp for _, tp in held)
+    return out

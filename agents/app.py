@@ -44,9 +44,11 @@ from agents import patches
 from agents.metrics import CONTENT_TYPE, Metrics
 from agents.outbox import Outgoing, Position, outputs_for
 from agents.processor import (
+    CORRUPT_STATE,
     LATE,
     Applied,
     Processor,
+    Quarantined,
     Rejected,
     customer_key,
     index_range,
@@ -370,9 +372,14 @@ class Runtime:
         t = touchpoint["occurred_at"]
         progress.watermark = t if progress.watermark is None else max(progress.watermark, t)
         key = customer_key(customer_id)
-        applied = self.processor.apply(
-            self._get(message.partition, key), touchpoint, now, source, self._committed()
-        )
+        try:
+            applied = self.processor.apply(
+                self._get(message.partition, key), touchpoint, now, source, self._committed()
+            )
+        except Quarantined as bad:
+            await self._quarantine(message.partition, key, bad, source, message)
+            metrics.touchpoints.labels(channel, "quarantined").inc()
+            return
         await self._send_all(applied.resend)  # a crash lost them last time: send again
         outcome = applied.step.outcome
         metrics.touchpoint(channel, outcome)
@@ -391,6 +398,42 @@ class Runtime:
         # A duplicate is stored again too: after a crash the local RocksDB may be ahead of the
         # changelog, and this write is what brings the changelog up to date.
         await self._store(message.partition, key, applied, now, touchpoint)
+
+    async def _quarantine(
+        self,
+        partition: int,
+        key: bytes,
+        bad: Quarantined,
+        source: Position,
+        message: Any | None = None,
+    ) -> None:
+        """Dead-letter what cannot be applied to one customer, with the stored bytes in a
+        header, and go on. A corrupt stored value is removed as well: kept, it would refuse
+        every later touchpoint of that customer; removed, the next one starts afresh, and the
+        bytes are in the dead-letter topic for an operator. After an engine error the state is
+        kept: the next input may well apply."""
+        log.error(
+            "%s: %s[%s]@%s for %s: %s",
+            bad.error_class,
+            source.topic,
+            source.partition,
+            source.offset,
+            key[2:].decode(errors="replace"),
+            bad,
+        )
+        out = self.processor.dead_letter(
+            message.key if message is not None else key,
+            message.value if message is not None else bad.stored,
+            bad.error_class,
+            str(bad),
+            source,
+        )
+        if message is not None and bad.stored is not None:
+            out.headers.append(("percorso.error.stored_state", bad.stored))
+        await self._send(out)
+        self.metrics.dead_letters.labels(bad.error_class).inc()
+        if bad.error_class == CORRUPT_STATE:
+            await self._put(partition, key, None)
 
     def _on_offset_jump(self, message: Any, expected: int) -> None:
         """Records between the last one seen and this one did not reach the agent. That is a
@@ -529,14 +572,15 @@ class Runtime:
             chunk = customers[start : start + TICK_CHUNK]
             applied = []
             for customer_id in chunk:
-                stored = self._get(partition, customer_key(customer_id))
+                key = customer_key(customer_id)
+                stored = self._get(partition, key)
                 if stored is not None:
-                    applied.append(
-                        (
-                            customer_id,
-                            self.processor.apply(stored, Tick(until), now, source, committed),
-                        )
-                    )
+                    try:
+                        done = self.processor.apply(stored, Tick(until), now, source, committed)
+                    except Quarantined as bad:
+                        await self._quarantine(partition, key, bad, source)
+                        continue
+                    applied.append((customer_id, done))
             touched = [c for c, a in applied if a.outgoing]
             if touched:  # before the states: so a re-run of this tick finds their outboxes
                 pointer = tick_pointer_prefix(source) + b"%05d" % chunk_no
@@ -556,8 +600,13 @@ class Runtime:
         for pointer in self._scan(partition, prefix, prefix + b"\xff"):
             for customer_id in (self._get(partition, pointer) or b"").decode().split("\n"):
                 stored = self._get(partition, customer_key(customer_id)) if customer_id else None
-                if stored is not None:
-                    await self._send_all(outputs_for(unpack(stored)[2], source))
+                if stored is None:
+                    continue
+                try:
+                    outbox = unpack(stored)[2]
+                except Exception:  # quarantined when the tick reaches this customer again
+                    continue
+                await self._send_all(outputs_for(outbox, source))
 
     async def _prune_tick_pointers(
         self, partition: int, progress: PartitionProgress, committed: int

@@ -45,6 +45,8 @@ NO_DUE = -1
 UNDECODABLE = "SerializationError"
 INVALID = "InvalidTouchpoint"
 LATE = "LateEvent"
+CORRUPT_STATE = "CorruptState"  # the customer's stored value cannot be decoded
+ENGINE_ERROR = "EngineError"  # the engine raised on this customer and this input
 
 
 @dataclass
@@ -64,6 +66,16 @@ class Rejected(Exception):
     def __init__(self, error_class: str, message: str) -> None:
         self.error_class = error_class
         super().__init__(message)
+
+
+class Quarantined(Rejected):
+    """One customer's input that cannot be applied: its stored value does not decode
+    (``CorruptState``) or the engine raised (``EngineError``). The input goes to the
+    dead-letter topic with the stored bytes, and the worker goes on with the next record."""
+
+    def __init__(self, error_class: str, message: str, stored: bytes | None) -> None:
+        super().__init__(error_class, message)
+        self.stored = stored
 
 
 def customer_key(customer_id: str) -> bytes:
@@ -110,11 +122,15 @@ def unpack(stored: bytes) -> tuple[CustomerState, int | None, list[Entry]]:
 
 
 def stages_of(stored: bytes) -> list[tuple[str, str]]:
-    """(journey, stage) of the customer's active journeys, from the header alone."""
-    _, _, stages_size, _ = _ENVELOPE.unpack_from(stored)
-    blob = stored[_ENVELOPE.size : _ENVELOPE.size + stages_size].decode()
-    pairs = [item.split("=", 1) for item in blob.split("\x1f") if item]
-    return [(journey, stage) for journey, stage in pairs]
+    """(journey, stage) of the customer's active journeys, from the header alone; none for a
+    value that does not decode (it is quarantined when its customer is next processed)."""
+    try:
+        _, _, stages_size, _ = _ENVELOPE.unpack_from(stored)
+        blob = stored[_ENVELOPE.size : _ENVELOPE.size + stages_size].decode()
+        pairs = [item.split("=", 1) for item in blob.split("\x1f") if item]
+        return [(pair[0], pair[1]) for pair in pairs if len(pair) == 2]
+    except (struct.error, UnicodeDecodeError, ValueError):
+        return []
 
 
 class Processor:
@@ -172,9 +188,19 @@ class Processor:
         """Advance one customer. ``stored`` is its value in the state table (None: new);
         ``source`` is where the message was read; ``committed`` maps (topic, partition) to the
         committed offset, to prune outbox entries that can no longer be needed."""
-        state, indexed_due, outbox = unpack(stored) if stored is not None else (None, None, [])
+        try:
+            state, indexed_due, outbox = unpack(stored) if stored is not None else (None, None, [])
+        except Exception as exc:  # any decoding failure of our own stored bytes
+            raise Quarantined(
+                CORRUPT_STATE, f"the stored customer state cannot be decoded: {exc!r}", stored
+            ) from exc
         resend = outputs_for(outbox, source)
-        step = self.engine.advance(state, item, now)
+        try:
+            step = self.engine.advance(state, item, now)
+        except Exception as exc:  # the engine is pure: its exceptions are about this input
+            raise Quarantined(
+                ENGINE_ERROR, f"the engine failed on this customer: {exc!r}", stored
+            ) from exc
         customer_id = step.state["customer_id"]
         if isinstance(item, Tick) and indexed_due is not None and indexed_due <= item.at:
             indexed_due = None  # that wake-up has been consumed by this tick

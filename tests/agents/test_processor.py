@@ -10,7 +10,10 @@ from hypothesis import strategies as st
 
 from agents.outbox import Entry, Outgoing, Position, decode, encode, outputs_for, prune
 from agents.processor import (
+    CORRUPT_STATE,
+    ENGINE_ERROR,
     Processor,
+    Quarantined,
     Rejected,
     index_key,
     index_range,
@@ -173,3 +176,34 @@ def test_truncated_outbox_is_an_error() -> None:
     data = encode([Entry.of(Position("t", 0, 1), [Outgoing("x", b"k", b"v")])])
     with pytest.raises((ValueError, struct.error)):
         decode(data[:-2])
+
+
+def test_a_stored_value_that_does_not_decode_is_quarantined_with_its_bytes() -> None:
+    good = PROCESSOR.apply(None, tp("e1", "cart_add", ms(T0), sku="S"), 0, at(0, 1)).stored
+    for corrupt in (b"garbage", good[:20], b"\x07" + good[1:], good[:-40]):
+        with pytest.raises(Quarantined) as info:
+            PROCESSOR.apply(corrupt, tp("e2", "page_view", ms(T0) + 1), 0, at(0, 2))
+        assert info.value.error_class == CORRUPT_STATE
+        assert info.value.stored == corrupt
+    assert stages_of(b"garbage") == []
+
+
+class FailingEngine(Engine):
+    """An engine with a bug that one customer's input triggers."""
+
+    def advance(self, state, item, now=None):  # type: ignore[no-untyped-def]
+        if not isinstance(item, Tick) and item["customer_id"] == "c1":
+            raise ZeroDivisionError("a bug")
+        return super().advance(state, item, now)
+
+
+def test_an_engine_exception_is_quarantined_and_the_state_kept() -> None:
+    stored = PROCESSOR.apply(None, tp("e1", "cart_add", ms(T0), sku="S"), 0, at(0, 1)).stored
+    failing = Processor(SETTINGS, FailingEngine(load_catalog(CATALOG_DIR)), CODECS)
+    with pytest.raises(Quarantined) as info:
+        failing.apply(stored, tp("e2", "page_view", ms(T0) + 1), 0, at(0, 2))
+    assert info.value.error_class == ENGINE_ERROR
+    assert "ZeroDivisionError" in str(info.value)
+    assert info.value.stored == stored
+    other = dict(tp("e3", "page_view", ms(T0) + 2), customer_id="c2")
+    assert failing.apply(None, other, T0, at(0, 3)).step.state["customer_id"] == "c2"

@@ -27,6 +27,7 @@ from percorso import clients
 from percorso.broker import Broker, apache_kafka
 from percorso.config import Settings
 from percorso.localkafka import LocalKafka, LocalKafkaUnavailable, check_available
+from percorso.produce import TouchpointSender
 from percorso.synthetic import SyntheticTraffic
 from tests.agents.conftest import Cluster, Collect, Collector, action_topics, produce, workers_on
 from tests.agents.oracle import changelog_states, emitted, missing_report, now_ms, oracle
@@ -212,13 +213,27 @@ def test_leaders_sigkilled_in_a_three_broker_cluster_lose_nothing(
     failure: list[BaseException] = []
 
     def feed() -> None:
-        """Live traffic: each second's events sent in that second, with that event time."""
+        """Live traffic: each second's events sent in that second. A batch sent late (a busy
+        machine, a producer waiting for a new leader) is stamped with the time it is sent, so
+        event times never run ahead of the clock by more than the test means them to."""
         try:
+            sender = TouchpointSender(
+                clients.producer(settings),
+                clients.Codecs.from_settings(settings),
+                settings.topics.touchpoints,
+            )
             begin = time.monotonic()
+            lag = 0  # only grows: event times stay in order
             for second in range(18):
                 batch = traffic.take(rate)
+                lag = max(lag, now_ms() - batch[0]["occurred_at"])
+                if lag > 0:
+                    batch = [dict(e, occurred_at=e["occurred_at"] + lag) for e in batch]
                 events.extend(batch)
-                produce(settings, batch)
+                for e in batch:
+                    sender.send(e)
+                sender.flush()
+                assert sender.summary.failed == 0, sender.first_error
                 time.sleep(max(0.0, begin + second + 1 - time.monotonic()))
         except BaseException as exc:  # surfaced in the test thread
             failure.append(exc)

@@ -27,6 +27,25 @@ import faust
 log = logging.getLogger("percorso.agents")
 
 PATCHED_VERSION = "0.15.3"
+TESTED_AIOKAFKA = "0.14.0"
+
+
+class UntestedFaustVersion(RuntimeError):
+    """The seam reads private attributes of faust and aiokafka: another version may have moved
+    them, and running on would risk the record-loss races these fixes close."""
+
+
+def check_versions(faust_version: str | None = None, aiokafka_version: str | None = None) -> None:
+    """Refuse to start on faust or aiokafka versions these fixes were not tested with."""
+    import aiokafka
+
+    found = (faust_version or faust.__version__, aiokafka_version or aiokafka.__version__)
+    if found != (PATCHED_VERSION, TESTED_AIOKAFKA):
+        raise UntestedFaustVersion(
+            f"faust-streaming {found[0]} with aiokafka {found[1]}: Percorso's fixes to faust "
+            f"(agents/patches.py) were tested with faust-streaming {PATCHED_VERSION} and "
+            f"aiokafka {TESTED_AIOKAFKA} only; install those (pyproject.toml pins them)"
+        )
 
 
 def apply(
@@ -38,18 +57,10 @@ def apply(
     fetch responses with, for brokers whose ListOffsets is wrong (the embedded broker).
     ``idempotent_producer``: False only where the broker refuses aiokafka's InitProducerId
     (the embedded broker)."""
-    if faust.__version__ == PATCHED_VERSION:
-        flush_producer_buffer_completely()
-        seek_uncommitted_to_beginning()
-        drain_without_tasks()
-    else:
-        log.warning(
-            "faust %s (patches were written for %s): check whether ProducerBuffer.flush still "
-            "returns early, whether seek_to_committed still skips partitions without a "
-            "committed offset, and whether _drain_messages still calls wait_first per record",
-            faust.__version__,
-            PATCHED_VERSION,
-        )
+    check_versions()
+    flush_producer_buffer_completely()
+    seek_uncommitted_to_beginning()
+    drain_without_tasks()
     if fetch_max_wait_ms is not None:
         override_fetch_wait(fetch_max_wait_ms)
     if end_offsets_from_fetch is not None:

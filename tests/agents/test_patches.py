@@ -157,3 +157,11 @@ def test_a_record_counts_as_read_only_while_the_position_is_past_it() -> None:
     assert not patches.still_ahead(119, 119)  # sought back to it
     assert not patches.still_ahead(0, 119)  # sought to the beginning
     assert not patches.still_ahead(None, 119)  # position unknown: being reset
+
+
+def test_an_untested_faust_or_aiokafka_refuses_to_start() -> None:
+    patches.check_versions()  # the pinned versions pass
+    with pytest.raises(patches.UntestedFaustVersion, match=r"faust-streaming 0\.16\.0"):
+        patches.check_versions(faust_version="0.16.0")
+    with pytest.raises(patches.UntestedFaustVersion, match=r"aiokafka 0\.15\.0"):
+        patches.check_versions(aiokafka_version="0.15.0")

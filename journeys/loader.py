@@ -147,8 +147,9 @@ class _Source:
         self.lines: dict[Path_, int] = {}
         self.problems: list[Problem] = []
         self.data: Any = None
-        loader = _JourneyYamlLoader(text)
+        loader: _JourneyYamlLoader | None = None
         try:
+            loader = _JourneyYamlLoader(text)
             node = loader.get_single_node()
         except _Refused as exc:
             assert exc.problem_mark is not None and exc.problem is not None
@@ -170,7 +171,8 @@ class _Source:
             )
             return
         finally:
-            loader.dispose()
+            if loader is not None:
+                loader.dispose()
         self.data = self._build(node, ()) if node is not None else None
 
     def _build(self, node: yaml.Node, path: Path_) -> Any:

@@ -80,8 +80,21 @@ def _validator() -> Draft202012Validator:
 def field_name(path: Iterable[str | int]) -> str:
     out = ""
     for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif not _plain(part):  # quoted, so a problem stays one readable line
+            out += f"[{_shown(part)}]"
+        else:
+            out += f".{part}" if out else part
     return out
+
+
+def _plain(name: str) -> bool:
+    return bool(name) and name.isprintable() and not any(c.isspace() for c in name)
+
+
+def _shown(name: str) -> str:
+    return name if _plain(name) else repr(name)
 
 
 class _Refused(yaml.MarkedYAMLError):
@@ -286,7 +299,7 @@ def _schema_problems(src: _Source) -> None:
             if best.validator == "additionalProperties":
                 extra = sorted(set(best.instance) - set(best.schema.get("properties", {})))
                 message = (
-                    f"unknown comparison {', '.join(extra)} (expected one of "
+                    f"unknown comparison {', '.join(map(_shown, extra))} (expected one of "
                     f"{', '.join(sorted(best.schema.get('properties', {})))})"
                 )
             else:

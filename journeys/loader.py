@@ -286,7 +286,8 @@ def _schema_problems(src: _Source) -> None:
         if error.validator in _TOO_MANY:
             # jsonschema quotes the whole value, which is what is too large here
             unit = _TOO_MANY[error.validator]
-            message = f"longer than the limit of {error.validator_value} {unit}"
+            more = "longer" if unit == "characters" else "more"
+            message = f"{more} than the limit of {error.validator_value} {unit}"
         if error.validator == "additionalProperties":
             extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
             for key in extra:

@@ -336,7 +336,7 @@ HOSTILE: list[tuple[str, str | bytes, str]] = [
             f"    within: 1h\n"
             for i in range(MAX_WINDOWS)
         ),
-        f"10: windows: longer than the limit of {MAX_WINDOWS} items",
+        f"10: windows: more than the limit of {MAX_WINDOWS} items",
     ),
     (
         "nested too deep",
@@ -366,6 +366,17 @@ HOSTILE: list[tuple[str, str | bytes, str]] = [
         ),
         f"17: windows[0].on_timeout.action.parameters: a key of 300 characters, longer than the "
         f"limit of {MAX_NAME_LENGTH}",
+    ),
+    (
+        "too many parameters",
+        VALID.replace(
+            PARAMETER,
+            "action: {name: r, channel: e, parameters: {"
+            + ", ".join(f"p{i}: v" for i in range(MAX_ACTION_PARAMETERS + 1))
+            + "}}",
+        ),
+        f"17: windows[0].on_timeout.action.parameters: more than the limit of "
+        f"{MAX_ACTION_PARAMETERS} entries",
     ),
     (
         "priority beyond an Avro int",

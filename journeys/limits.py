@@ -10,8 +10,11 @@ docs/journeys.md lists them.
 
 from __future__ import annotations
 
-MAX_FILE_BYTES = 256 * 1024
-"""Size of one journey file. The shipped files are under 2 KB; a file is read no further."""
+MAX_FILE_BYTES = 64 * 1024
+"""Size of one journey file. The shipped files are under 2 KB, a journey with the maximum of
+windows fits in about 20 KB; a larger file is read no further. YAML is parsed in pure Python at
+roughly 100 KB/s, so this also bounds the time any file can take to refuse to well under a
+second."""
 
 MAX_NESTING_DEPTH = 16
 """Nested mappings and lists in one file (the format itself needs 8); deeper is refused while

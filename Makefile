@@ -4,9 +4,10 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
+FUZZ_EXAMPLES ?= 5000
 
 .DEFAULT_GOAL := help
-.PHONY: help install run demo worker analytics chromium test test-unit test-broker test-embedded test-faults lint typecheck validate simulate bench bench-quick clean
+.PHONY: help install run demo worker analytics chromium test test-unit test-broker test-embedded test-faults fuzz lint typecheck validate simulate bench bench-quick clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -55,6 +56,9 @@ test-embedded: $(STAMP) ## the broker tests again on the embedded broker (what a
 
 test-faults: $(STAMP) ## only the tests that kill and restart a local Apache Kafka
 	$(BIN)/python -m pytest -m real_kafka $(PYTEST_ARGS)
+
+fuzz: $(STAMP) ## the fuzz tests at length: FUZZ_EXAMPLES (default 5000) inputs per test, no time limit
+	PERCORSO_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -m fuzz --timeout=0 $(PYTEST_ARGS)
 
 lint: $(STAMP) ## ruff
 	$(BIN)/ruff check percorso journeys agents tests bench

@@ -7,6 +7,7 @@ loading collects all problems of all files instead of stopping at the first.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
@@ -18,6 +19,15 @@ import yaml
 from jsonschema import Draft202012Validator
 
 from journeys.durations import parse_duration_ms
+from journeys.limits import (
+    MAX_FILE_BYTES,
+    MAX_ITEMS,
+    MAX_NAME_LENGTH,
+    MAX_NESTING_DEPTH,
+    MAX_NUMBER_LITERAL,
+    MAX_TEXT_LENGTH,
+    MAX_YAML_NODES,
+)
 from journeys.model import (
     EXIT_STAGES,
     ActionSpec,
@@ -70,8 +80,75 @@ def _validator() -> Draft202012Validator:
 def field_name(path: Iterable[str | int]) -> str:
     out = ""
     for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif not _plain(part):  # quoted, so a problem stays one readable line
+            out += f"[{_shown(part)}]"
+        else:
+            out += f".{part}" if out else part
     return out
+
+
+def _plain(name: str) -> bool:
+    return bool(name) and name.isprintable() and not any(c.isspace() for c in name)
+
+
+def _shown(name: str) -> str:
+    return name if _plain(name) else repr(name)
+
+
+class _Refused(yaml.MarkedYAMLError):
+    """A YAML construct journey files do not allow, at ``path``."""
+
+    def __init__(self, path: Path_, mark: yaml.Mark, problem: str) -> None:
+        super().__init__(problem=problem, problem_mark=mark)
+        self.path = path
+
+
+class _JourneyYamlLoader(yaml.SafeLoader):
+    """SafeLoader that refuses anchors and aliases and bounds depth and size while composing.
+
+    Journey files have no use for aliases, and an alias is how a few lines expand into billions
+    of values ("billion laughs") or into a value that contains itself; refusing them before any
+    value is built is simpler and safer than bounding the expansion. Depth is bounded here
+    because composing recurses once per nesting level.
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._open: list[Path_] = []  # the path of every node being composed, outermost first
+        self._nodes = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        base = self._open[-1] if self._open else ()
+        if isinstance(index, int):
+            path: Path_ = (*base, index)
+        elif isinstance(index, yaml.ScalarNode):
+            path = (*base, index.value)
+        else:  # the document, or a mapping key
+            path = base
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise _Refused(
+                path,
+                event.start_mark,
+                "YAML anchors and aliases (&name, *name) are not allowed in journey files; "
+                "write the value out",
+            )
+        self._nodes += 1
+        if self._nodes > MAX_YAML_NODES:
+            raise _Refused(path, event.start_mark, f"more than {MAX_YAML_NODES} values in one file")
+        if len(self._open) >= MAX_NESTING_DEPTH:
+            raise _Refused(path, event.start_mark, f"nested deeper than {MAX_NESTING_DEPTH} levels")
+        self._open.append(path)
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._open.pop()
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 class _Source:
@@ -82,25 +159,66 @@ class _Source:
         self.time_scale = time_scale
         self.lines: dict[Path_, int] = {}
         self.problems: list[Problem] = []
+        self.data: Any = None
+        loader: _JourneyYamlLoader | None = None
         try:
-            node = yaml.compose(text, Loader=yaml.SafeLoader)
+            loader = _JourneyYamlLoader(text)
+            node = loader.get_single_node()
+        except _Refused as exc:
+            assert exc.problem_mark is not None and exc.problem is not None
+            self.problems.append(
+                Problem(file, exc.problem_mark.line + 1, field_name(exc.path), exc.problem)
+            )
+            return
+        except yaml.reader.ReaderError as exc:
+            line = text.count("\n", 0, exc.position) + 1
+            self.problems.append(
+                Problem(file, line, "", f"not valid YAML: {exc.reason} ({exc.character!r})")
+            )
+            return
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             line = mark.line + 1 if mark is not None else 1
             self.problems.append(
                 Problem(file, line, "", f"not valid YAML: {getattr(exc, 'problem', None) or exc}")
             )
-            self.data: Any = None
             return
+        finally:
+            if loader is not None:
+                loader.dispose()
         self.data = self._build(node, ()) if node is not None else None
 
     def _build(self, node: yaml.Node, path: Path_) -> Any:
         self.lines.setdefault(path, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode | yaml.SequenceNode) and len(node.value) > MAX_ITEMS:
+            self.problem(path, f"{len(node.value)} entries, more than the limit of {MAX_ITEMS}")
+            return None
         if isinstance(node, yaml.MappingNode):
             result: dict[str, Any] = {}
             for key_node, value_node in node.value:
+                if not isinstance(key_node, yaml.ScalarNode):
+                    self.problems.append(
+                        Problem(
+                            self.file,
+                            key_node.start_mark.line + 1,
+                            field_name(path),
+                            "keys must be plain names, not lists or mappings",
+                        )
+                    )
+                    continue
                 key = key_node.value
                 child = (*path, key)
+                if len(key) > MAX_NAME_LENGTH:
+                    self.problems.append(
+                        Problem(
+                            self.file,
+                            key_node.start_mark.line + 1,
+                            field_name(path),
+                            f"a key of {len(key)} characters, longer than the limit of "
+                            f"{MAX_NAME_LENGTH}",
+                        )
+                    )
+                    continue
                 if key in result:
                     self.problems.append(
                         Problem(
@@ -116,7 +234,25 @@ class _Source:
         if isinstance(node, yaml.SequenceNode):
             return [self._build(item, (*path, i)) for i, item in enumerate(node.value)]
         assert isinstance(node, yaml.ScalarNode)
-        return _scalar(node)
+        if len(node.value) > MAX_TEXT_LENGTH:
+            self.problem(
+                path,
+                f"{len(node.value)} characters, longer than the limit of {MAX_TEXT_LENGTH}",
+            )
+            return None
+        try:
+            value = _scalar(node)
+        except (yaml.YAMLError, ValueError, OverflowError) as exc:
+            reason = _one_line(str(getattr(exc, "problem", None) or exc))
+            self.problem(path, f"cannot read {node.value[:40]!r} as {node.tag}: {reason}")
+            return None
+        if isinstance(value, float) and not math.isfinite(value):
+            self.problem(path, f"{node.value!r}: numbers must be finite")
+            return None
+        if isinstance(value, int) and abs(value) > MAX_NUMBER_LITERAL:
+            self.problem(path, f"a number larger than the limit of {MAX_NUMBER_LITERAL}")
+            return None
+        return value
 
     def line(self, path: Iterable[str | int]) -> int:
         p = tuple(path)
@@ -137,6 +273,9 @@ def _scalar(node: yaml.ScalarNode) -> Any:
         loader.dispose()
 
 
+_TOO_MANY = {"maxLength": "characters", "maxItems": "items", "maxProperties": "entries"}
+
+
 def _schema_problems(src: _Source) -> None:
     errors = sorted(_validator().iter_errors(src.data), key=lambda e: list(map(str, e.path)))
     for error in errors:
@@ -144,6 +283,11 @@ def _schema_problems(src: _Source) -> None:
             continue
         path = tuple(error.absolute_path)
         message = error.message
+        if error.validator in _TOO_MANY:
+            # jsonschema quotes the whole value, which is what is too large here
+            unit = _TOO_MANY[error.validator]
+            more = "longer" if unit == "characters" else "more"
+            message = f"{more} than the limit of {error.validator_value} {unit}"
         if error.validator == "additionalProperties":
             extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
             for key in extra:
@@ -156,7 +300,7 @@ def _schema_problems(src: _Source) -> None:
             if best.validator == "additionalProperties":
                 extra = sorted(set(best.instance) - set(best.schema.get("properties", {})))
                 message = (
-                    f"unknown comparison {', '.join(extra)} (expected one of "
+                    f"unknown comparison {', '.join(map(_shown, extra))} (expected one of "
                     f"{', '.join(sorted(best.schema.get('properties', {})))})"
                 )
             else:
@@ -494,11 +638,31 @@ def journey_files(paths: Iterable[Path]) -> list[Path]:
 
 
 def _load_file(path: Path, time_scale: float = 1.0) -> tuple[_Source, Journey | Policies | None]:
+    src = _Source(str(path), "")
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as stream:
+            raw = stream.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
-        src = _Source(str(path), "")
         src.problems.append(Problem(str(path), 1, "", f"cannot read: {exc.strerror}"))
+        return src, None
+    if len(raw) > MAX_FILE_BYTES:
+        src.problems.append(
+            Problem(str(path), 1, "", f"larger than the limit of {MAX_FILE_BYTES} bytes")
+        )
+        return src, None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        src.problems.append(
+            Problem(
+                str(path),
+                line,
+                "",
+                f"not UTF-8 text: byte 0x{raw[exc.start]:02x} at offset {exc.start} cannot be "
+                f"decoded (journey files must be UTF-8)",
+            )
+        )
         return src, None
     src = _Source(str(path), text, time_scale)
     if src.problems:

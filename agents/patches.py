@@ -214,6 +214,17 @@ def still_ahead(position: int | None, offset: int) -> bool:
     return position is not None and offset < position
 
 
+def current_generation(app: Any, message: Any) -> bool:
+    """Whether a record was fetched in the consumer group's current generation. The stream
+    drops records of an earlier one without processing them (``Stream._c_aiter``), and the
+    rebalance that ended it seeks back to the committed offsets so they are fetched again.
+    Such a record must neither be handed over nor move the read offset: a stale record whose
+    hand-over (blocked across the rebalance) finished after the seek set the read offset past
+    its own re-fetched copy, which was then dropped as already read. Seen on Apache Kafka
+    after a broker restart: the worker re-joined and skipped 320 records per partition."""
+    return bool(message.generation_id == app.consumer_generation_id)
+
+
 def drain_without_tasks() -> None:
     """Two changes to ``Consumer._drain_messages``, the loop that hands fetched records to the
     streams; everything else is faust's loop, unchanged.
@@ -233,7 +244,8 @@ def drain_without_tasks() -> None:
     set faust's read offset if a seek happened meanwhile: the seek reset the read offset to
     the committed one, and writing the record's offset over it would drop every re-fetched
     record below it (seen after a restart with no committed offset: the whole partition up to
-    that record was skipped)."""
+    that record was skipped). Records of an earlier group generation are treated the same way
+    (``current_generation``)."""
     from faust.transport import consumer as module
 
     cls = module.Consumer
@@ -275,6 +287,8 @@ def drain_without_tasks() -> None:
                         offset = message.offset
                         if not still_ahead(position_of(tp), offset):
                             continue  # sought back since it was fetched: it comes again
+                        if not current_generation(self.app, message):
+                            continue  # fetched before a rebalance: it comes again
                         r_offset = get_read_offset(tp)
                         if r_offset is None or offset >= r_offset:
                             gap = offset - (r_offset or 0)
@@ -289,7 +303,9 @@ def drain_without_tasks() -> None:
                                 done, rest = start_inline(callback(message))
                                 if not done:
                                     await self.wait_first(rest, self.suspend_flow.wait())
-                            if still_ahead(position_of(tp), offset):
+                            if still_ahead(position_of(tp), offset) and current_generation(
+                                self.app, message
+                            ):
                                 set_read_offset(tp, offset)
                             # else: sought back while it was handed over (a rebalance); the
                             # seek set the read offset, which this one must not overwrite.

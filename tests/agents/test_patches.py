@@ -165,3 +165,15 @@ def test_an_untested_faust_or_aiokafka_refuses_to_start() -> None:
         patches.check_versions(faust_version="0.16.0")
     with pytest.raises(patches.UntestedFaustVersion, match=r"aiokafka 0\.15\.0"):
         patches.check_versions(aiokafka_version="0.15.0")
+
+
+def test_records_of_an_earlier_generation_are_not_handed_over() -> None:
+    class App:
+        consumer_generation_id = 3
+
+    class Message:
+        def __init__(self, generation_id: int) -> None:
+            self.generation_id = generation_id
+
+    assert patches.current_generation(App(), Message(3))
+    assert not patches.current_generation(App(), Message(2))

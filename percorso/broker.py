@@ -23,7 +23,6 @@ import contextlib
 import logging
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -33,6 +32,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from percorso.localkafka import LocalKafka, LocalKafkaUnavailable, local_kafka
+from percorso.ports import free_port
 
 BrokerKind = Literal["external", "container", "kafka", "embedded"]
 BROKER_KINDS: tuple[str, ...] = get_args(BrokerKind)
@@ -137,12 +137,6 @@ class Broker:
     def describe(self) -> str:
         what = self.description or self.kind
         return f"{what} at {self.bootstrap_servers} (client profile {self.profile.name})"
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def tansu_binary() -> Path:

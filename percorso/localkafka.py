@@ -22,7 +22,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -31,6 +30,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from percorso.ports import free_port as _free_port
 
 KAFKA_VERSION = "4.1.1"
 SCALA_BINARY = "2.13"
@@ -165,12 +166,6 @@ def check_available() -> Path:
     """Raise LocalKafkaUnavailable with the reason, or return the jar folder."""
     check_java()
     return kafka_jars()
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _cluster_id() -> str:
@@ -347,6 +342,7 @@ class LocalKafka:
     nodes: list[KafkaNode] = field(default_factory=list)
     cluster_id: str = field(default_factory=_cluster_id)
     owns_folder: bool = True
+    extra_config: dict[str, str] = field(default_factory=dict)
 
     @property
     def bootstrap_servers(self) -> str:
@@ -379,17 +375,38 @@ class LocalKafka:
                     heap="768m" if nodes == 1 else "512m",
                 )
             )
-        voters = ",".join(f"{n.node_id}@127.0.0.1:{n.controller_port}" for n in cluster.nodes)
-        replication = min(3, nodes)
-        for node in cluster.nodes:
-            node.write_config(voters, replication, extra_config or {})
-            node.format(cluster.cluster_id)
+        cluster.extra_config = dict(extra_config or {})
+        cluster.configure()
         return cluster
 
-    def start(self, timeout: float = 90.0) -> None:
+    def configure(self) -> None:
+        """Write every node's configuration and format its log directory."""
+        voters = ",".join(f"{n.node_id}@127.0.0.1:{n.controller_port}" for n in self.nodes)
+        replication = min(3, len(self.nodes))
         for node in self.nodes:
-            node.start()
-        self.wait_ready(timeout)
+            node.write_config(voters, replication, self.extra_config)
+            node.format(self.cluster_id)
+
+    def start(self, timeout: float = 90.0, attempts: int = 3) -> None:
+        """Start every node and wait until all are registered. A node that could not bind its
+        port (taken between the probe and the bind by another process) is retried on new
+        ports: the whole cluster is re-formatted, since the controller quorum names them."""
+        for attempt in range(1, attempts + 1):
+            for node in self.nodes:
+                node.start()
+            try:
+                self.wait_ready(timeout, nodes=len(self.nodes))
+                return
+            except LocalKafkaUnavailable:
+                clash = any("Address already in use" in n.log_tail(400) for n in self.nodes)
+                if not clash or attempt == attempts:
+                    raise
+                log.warning("a Kafka port was taken meanwhile; starting again on new ports")
+                for node in self.nodes:
+                    node.kill()
+                    shutil.rmtree(node.data_dir, ignore_errors=True)
+                    node.port, node.controller_port = _free_port(), _free_port()
+                self.configure()
 
     def wait_ready(self, timeout: float = 90.0, nodes: int | None = None) -> None:
         """Until ``nodes`` brokers (default: all that are alive) are registered."""

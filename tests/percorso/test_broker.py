@@ -114,3 +114,39 @@ def test_cluster_ids_never_look_like_options() -> None:
     assert len(ids) == 3000
     assert not any(i.startswith("-") for i in ids)
     assert all(len(i) == 22 for i in ids)
+
+
+def test_free_ports_stay_out_of_the_ephemeral_range() -> None:
+    """Outgoing connections take their local ports from the ephemeral range: a server port
+    probed there can be gone by the time the server binds it."""
+    from percorso.ports import ephemeral_range, free_port
+
+    low, high = ephemeral_range()
+    ports = {free_port() for _ in range(50)}
+    assert all(not low <= p <= high for p in ports)
+    assert len(ports) > 40
+
+
+@pytest.mark.broker
+@pytest.mark.real_kafka
+def test_a_port_taken_before_the_node_binds_it_is_retried(tmp_path: Path) -> None:
+    import socket
+
+    try:
+        localkafka.check_available()
+    except localkafka.LocalKafkaUnavailable as exc:
+        pytest.skip(f"needs a local Apache Kafka: {exc}")
+    cluster = localkafka.LocalKafka.create(tmp_path / "k")
+    taken = cluster.nodes[0].port
+    squatter = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    squatter.bind(("127.0.0.1", taken))
+    squatter.listen()
+    try:
+        cluster.start(timeout=60)
+        assert cluster.nodes[0].port != taken
+        wait_for_metadata(cluster.bootstrap_servers, timeout=10)
+    finally:
+        squatter.close()
+        for node in cluster.nodes:
+            node.kill()
+        cluster.remove()

@@ -28,8 +28,15 @@ def broker(
 
 
 def _say(config: pytest.Config, line: str) -> None:
+    """A line on the terminal even while output is captured (fixtures run under capture)."""
     reporter = config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    if reporter is None:
+        return
+    if capture is not None:
+        with capture.global_and_fixture_disabled():
+            reporter.write_line(f"\n[percorso] {line}")
+    else:
         reporter.write_line(f"\n[percorso] {line}")
 
 

@@ -104,61 +104,74 @@ _POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
 """
 
 
-def kafka_jars(cache: Path | None = None, timeout: float = RESOLVE_TIMEOUT_S) -> Path:
-    """The folder of Kafka's jars, resolved with Maven on first use (under a file lock, so
-    concurrent callers resolve once)."""
-    home = (cache or cache_root()) / f"kafka_{SCALA_BINARY}-{KAFKA_VERSION}"
-    lib = home / "lib"
+@contextlib.contextmanager
+def resolve_once(home: Path, stamp: str) -> Iterator[bool]:
+    """Hold ``home``'s lock for fetching something into the cache once. Yields whether it still
+    has to be fetched; it is marked done only if the block finishes without an error, so a
+    failed or interrupted fetch is tried again next time, and concurrent callers fetch once."""
     done = home / "resolved"
     if done.exists():
-        return lib
+        yield False
+        return
     home.mkdir(parents=True, exist_ok=True)
     with (home / ".lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if done.exists():
-            return lib
-        mvn = shutil.which("mvn")
-        if mvn is None:
-            raise LocalKafkaUnavailable(
-                "no `mvn` on the PATH: Maven resolves Apache Kafka's jars on first use"
-            )
-        (home / "pom.xml").write_text(
-            _POM.format(kafka=KAFKA_VERSION, scala=SCALA_BINARY, log4j=LOG4J_VERSION)
+            yield False
+            return
+        yield True
+        done.write_text(stamp + "\n")
+
+
+def run_maven(
+    args: list[str], what: str, timeout: float, error: type[Exception] = LocalKafkaUnavailable
+) -> None:
+    """Run Maven in batch mode; raise ``error`` naming ``what`` (e.g. "resolve Apache Kafka
+    4.1.1") if Maven is missing, times out or fails, with the tail of its output."""
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise error(f"no `mvn` on the PATH: Maven is needed to {what} on first use")
+    try:
+        result = subprocess.run(
+            [mvn, "-B", "-q", *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+            check=False,
         )
-        shutil.rmtree(lib, ignore_errors=True)
-        log.info("resolving Apache Kafka %s with Maven into %s", KAFKA_VERSION, lib)
-        try:
-            result = subprocess.run(
+    except subprocess.TimeoutExpired as exc:
+        raise error(f"Maven did not {what} within {timeout:.0f} s") from exc
+    if result.returncode != 0:
+        tail = "\n".join((result.stdout + result.stderr).splitlines()[-15:])
+        raise error(f"Maven could not {what} (exit {result.returncode}):\n{tail}")
+
+
+def kafka_jars(cache: Path | None = None, timeout: float = RESOLVE_TIMEOUT_S) -> Path:
+    """The folder of Kafka's jars, resolved with Maven on first use."""
+    home = (cache or cache_root()) / f"kafka_{SCALA_BINARY}-{KAFKA_VERSION}"
+    lib = home / "lib"
+    with resolve_once(home, KAFKA_VERSION) as needed:
+        if needed:
+            (home / "pom.xml").write_text(
+                _POM.format(kafka=KAFKA_VERSION, scala=SCALA_BINARY, log4j=LOG4J_VERSION)
+            )
+            shutil.rmtree(lib, ignore_errors=True)
+            log.info("resolving Apache Kafka %s with Maven into %s", KAFKA_VERSION, lib)
+            what = f"resolve org.apache.kafka:kafka_{SCALA_BINARY}:{KAFKA_VERSION}"
+            run_maven(
                 [
-                    mvn,
-                    "-B",
-                    "-q",
                     "-f",
                     str(home / "pom.xml"),
                     "dependency:copy-dependencies",
                     f"-DoutputDirectory={lib}",
                     "-DincludeScope=runtime",
                 ],
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-                stdin=subprocess.DEVNULL,
-                check=False,
+                what,
+                timeout,
             )
-        except subprocess.TimeoutExpired as exc:
-            raise LocalKafkaUnavailable(
-                f"Maven did not resolve Apache Kafka {KAFKA_VERSION} within {timeout:.0f} s"
-            ) from exc
-        if (
-            result.returncode != 0
-            or not (lib / f"kafka_{SCALA_BINARY}-{KAFKA_VERSION}.jar").exists()
-        ):
-            tail = "\n".join((result.stdout + result.stderr).splitlines()[-15:])
-            raise LocalKafkaUnavailable(
-                f"Maven could not resolve org.apache.kafka:kafka_{SCALA_BINARY}:{KAFKA_VERSION} "
-                f"(exit {result.returncode}):\n{tail}"
-            )
-        done.write_text(KAFKA_VERSION + "\n")
+            if not (lib / f"kafka_{SCALA_BINARY}-{KAFKA_VERSION}.jar").exists():
+                raise LocalKafkaUnavailable(f"Maven could not {what}: no jar in {lib}")
     return lib
 
 

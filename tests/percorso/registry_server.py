@@ -16,7 +16,6 @@ does not package). Its parent POM is not on Maven Central, so only the archive i
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import shutil
 import signal
@@ -31,7 +30,13 @@ from pathlib import Path
 from typing import Any
 
 from percorso.broker import free_port
-from percorso.localkafka import LocalKafkaUnavailable, cache_root, java_major_version
+from percorso.localkafka import (
+    LocalKafkaUnavailable,
+    cache_root,
+    java_major_version,
+    resolve_once,
+    run_maven,
+)
 
 APICURIO_VERSION = "3.0.9"
 APICURIO_ARTIFACT = f"io.apicurio:apicurio-registry-app:{APICURIO_VERSION}:tar.gz:all"
@@ -64,65 +69,41 @@ def _java() -> str:
 
 
 def apicurio_dist(cache: Path | None = None, timeout: float = RESOLVE_TIMEOUT_S) -> Path:
-    """The unpacked distribution (the folder of the runner jar), fetched on first use under a
-    file lock, so concurrent callers fetch once."""
+    """The unpacked distribution (the folder of the runner jar), fetched on first use."""
     home = (cache or cache_root()) / f"apicurio-registry-{APICURIO_VERSION}"
     dist = home / "dist"
-    done = home / "resolved"
-    if done.exists():
-        return dist
-    home.mkdir(parents=True, exist_ok=True)
-    with (home / ".lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if done.exists():
-            return dist
-        mvn = shutil.which("mvn")
-        if mvn is None:
-            raise RegistryUnavailable(
-                "no `mvn` on the PATH: Maven fetches Apicurio Registry on first use"
-            )
-        # A repository of its own, so the archive's path is known whatever settings.xml says;
-        # it is removed once the archive is unpacked.
-        repo = home / "m2"
-        try:
-            result = subprocess.run(
+    with resolve_once(home, APICURIO_VERSION) as needed:
+        if needed:
+            # A repository of its own, so the archive's path is known whatever settings.xml
+            # says; it is removed once the archive is unpacked.
+            repo = home / "m2"
+            run_maven(
                 [
-                    mvn,
-                    "-B",
-                    "-q",
                     f"-Dmaven.repo.local={repo}",
                     "dependency:get",
                     f"-Dartifact={APICURIO_ARTIFACT}",
                     "-Dtransitive=false",
                 ],
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-                stdin=subprocess.DEVNULL,
-                check=False,
+                f"fetch {APICURIO_ARTIFACT}",
+                timeout,
+                RegistryUnavailable,
             )
-        except subprocess.TimeoutExpired as exc:
-            raise RegistryUnavailable(
-                f"Maven did not fetch {APICURIO_ARTIFACT} within {timeout:.0f} s"
-            ) from exc
-        archive = (
-            repo
-            / "io/apicurio/apicurio-registry-app"
-            / APICURIO_VERSION
-            / f"apicurio-registry-app-{APICURIO_VERSION}-all.tar.gz"
-        )
-        if result.returncode != 0 or not archive.exists():
-            tail = "\n".join((result.stdout + result.stderr).splitlines()[-15:])
-            raise RegistryUnavailable(
-                f"Maven could not fetch {APICURIO_ARTIFACT} (exit {result.returncode}):\n{tail}"
+            archive = (
+                repo
+                / "io/apicurio/apicurio-registry-app"
+                / APICURIO_VERSION
+                / f"apicurio-registry-app-{APICURIO_VERSION}-all.tar.gz"
             )
-        shutil.rmtree(dist, ignore_errors=True)
-        with tarfile.open(archive) as tar:
-            tar.extractall(dist, filter="data")
-        if not _runner_jar(dist).exists():
-            raise RegistryUnavailable(f"{archive} holds no {_runner_jar(dist).name}")
-        shutil.rmtree(repo, ignore_errors=True)
-        done.write_text(APICURIO_VERSION + "\n")
+            if not archive.exists():
+                raise RegistryUnavailable(
+                    f"Maven could not fetch {APICURIO_ARTIFACT}: no {archive}"
+                )
+            shutil.rmtree(dist, ignore_errors=True)
+            with tarfile.open(archive) as tar:
+                tar.extractall(dist, filter="data")
+            if not _runner_jar(dist).exists():
+                raise RegistryUnavailable(f"{archive} holds no {_runner_jar(dist).name}")
+            shutil.rmtree(repo, ignore_errors=True)
     return dist
 
 

@@ -7,13 +7,12 @@ ready (``/readyz``), so the three callers cannot drift apart.
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
 
+from percorso.children import ChildProcess
 from percorso.config import Settings
 
 
@@ -43,50 +42,21 @@ def worker_env(settings: Settings, broker_profile: str, **extra: str) -> dict[st
     return env
 
 
-class WorkerProcess:
+class WorkerProcess(ChildProcess):
     """A worker child process, its log in a file."""
 
+    name = "worker"
+
     def __init__(self, env: dict[str, str], log_path: Path, cwd: Path | None = None) -> None:
-        self.env = env
-        self.log_path = log_path
-        self.cwd = cwd
-        self.url = f"http://127.0.0.1:{env['PERCORSO_WEB_PORT']}"
-        self.process: subprocess.Popen[bytes] | None = None
-        self.starts = 0
+        super().__init__(env, log_path, f"http://127.0.0.1:{env['PERCORSO_WEB_PORT']}", cwd)
 
     def start(self) -> WorkerProcess:
-        self.starts += 1
-        with self.log_path.open("ab") as log:
-            log.write(f"\n===== start {self.starts} =====\n".encode())
-            log.flush()
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "percorso.cli", "worker"],
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                cwd=self.cwd,
-            )
+        self._spawn([sys.executable, "-m", "percorso.cli", "worker"])
         return self
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
 
     def wait_ready(self, timeout: float = 120.0) -> float:
         """Seconds until ``/readyz`` answered 200; raises with the log's tail otherwise."""
-        started = time.monotonic()
-        while time.monotonic() - started < timeout:
-            if not self.alive():
-                code = self.process.returncode if self.process is not None else None
-                raise RuntimeError(f"the worker exited ({code}):\n{self.log_tail()}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/readyz", timeout=1) as response:
-                    if response.status == 200:
-                        return time.monotonic() - started
-            except OSError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"the worker was not ready within {timeout:.0f} s:\n{self.log_tail()}")
+        return self.wait_http("/readyz", timeout)
 
     def metric(self, name: str) -> float:
         """The sum of a metric's samples on ``/metrics`` (retried while the server starts)."""
@@ -106,27 +76,3 @@ class WorkerProcess:
             if line.startswith(name) and line[len(name)] in "{ ":
                 total += float(line.rsplit(" ", 1)[1])
         return total
-
-    def kill(self) -> None:
-        """SIGKILL: no shutdown, no commit, no flush."""
-        if self.alive():
-            assert self.process is not None
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(timeout=30)
-
-    def stop(self, timeout: float = 30.0) -> int | None:
-        if self.process is None:
-            return None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
-        return self.process.returncode
-
-    def log_tail(self, lines: int = 60) -> str:
-        if not self.log_path.exists():
-            return ""
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])

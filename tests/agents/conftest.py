@@ -86,6 +86,20 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
     setattr(item, f"rep_{report.when}", report)
 
 
+def tp(
+    event_id: str, customer: str, type_: str, at: int, channel: str = "web", **attributes: str
+) -> dict[str, Any]:
+    """A touchpoint as a channel system sends it (``source`` left to its default)."""
+    return {
+        "event_id": event_id,
+        "customer_id": customer,
+        "channel": channel,
+        "type": type_,
+        "occurred_at": at,
+        "attributes": attributes,
+    }
+
+
 def produce(settings: Settings, events: Iterable[dict[str, Any]]) -> int:
     sender = TouchpointSender(
         clients.producer(settings),

@@ -20,6 +20,7 @@ from tests.agents.conftest import (
     produce,
     produce_raw,
 )
+from tests.agents.conftest import tp as touchpoint
 
 DAY = 86_400_000
 MINUTE = 60_000
@@ -28,15 +29,7 @@ MINUTE = 60_000
 def tp(
     event_id: str, customer: str, type_: str, at: int, channel: str = "web", **attributes: str
 ) -> dict[str, Any]:
-    return {
-        "event_id": event_id,
-        "customer_id": customer,
-        "channel": channel,
-        "type": type_,
-        "occurred_at": at,
-        "attributes": attributes,
-        "source": "test",
-    }
+    return dict(touchpoint(event_id, customer, type_, at, channel, **attributes), source="test")
 
 
 def stories(base: int) -> list[dict[str, Any]]:

@@ -10,22 +10,9 @@ from agents.launcher import worker_env
 from percorso.analytics.launcher import AnalyticsProcess
 from percorso.broker import free_port
 from tests.agents.browser import dump_dom, screenshot
-from tests.agents.conftest import REPO, Cluster, produce, produce_raw
+from tests.agents.conftest import REPO, Cluster, produce, produce_raw, tp
 
 SECOND = 1000
-
-
-def tp(
-    event_id: str, customer: str, type_: str, at: int, channel: str = "web", **attributes: str
-) -> dict[str, Any]:
-    return {
-        "event_id": event_id,
-        "customer_id": customer,
-        "channel": channel,
-        "type": type_,
-        "occurred_at": at,
-        "attributes": attributes,
-    }
 
 
 def script(now: int) -> list[dict[str, Any]]:

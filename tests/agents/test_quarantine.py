@@ -8,19 +8,11 @@ import time
 from agents.app import partition_for
 from percorso import clients
 from percorso.topics import ensure_topics, internal_topics
-from tests.agents.conftest import Cluster, Collect, produce
+from tests.agents.conftest import Cluster, Collect, produce, tp
 
 
 def _touchpoint(event_id: str, customer: str, at: int) -> dict:
-    return {
-        "event_id": event_id,
-        "customer_id": customer,
-        "channel": "web",
-        "type": "cart_add",
-        "occurred_at": at,
-        "attributes": {"sku": "S-1"},
-        "source": None,
-    }
+    return dict(tp(event_id, customer, "cart_add", at, sku="S-1"), source=None)
 
 
 def test_corrupt_stored_state_is_quarantined_not_crash_looped(

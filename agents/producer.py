@@ -6,11 +6,10 @@ microseconds of the event loop's thread instead of the futures, partitioner and 
 bookkeeping aiokafka runs there (about a fifth of a worker's time, measured in
 docs/performance.md), and librdkafka batches, compresses and sends from its own threads.
 
-Durability: Faust flushes its producer before every offset commit, on a rebalance and at
-shutdown. ``attach`` makes that flush also wait for this producer, so an input offset is
-committed only after everything its records caused was delivered. A record that cannot be
-delivered (librdkafka has retried it until ``message.timeout.ms``) fails that flush, so the
-commit does not happen and the worker stops: the records are processed again on restart,
+Durability: the checkpoint (``agents.checkpoint``) flushes it before it commits offsets, so an
+input offset is committed only after everything its records caused was delivered. A record that
+cannot be delivered (librdkafka has retried it until ``message.timeout.ms``) fails that flush, so
+the commit does not happen and the worker stops: the records are processed again on restart,
 instead of being lost quietly.
 """
 
@@ -26,6 +25,8 @@ from percorso.config import Settings
 
 log = logging.getLogger("percorso.agents")
 
+QUEUE_MAX_MESSAGES = 200_000
+
 Delivered = Callable[[str, int, int], None]  # topic, partition, offset
 
 
@@ -39,7 +40,7 @@ class OutputProducer:
             settings,
             **{
                 "linger.ms": 5,  # batches outputs and changelog records, bounds latency
-                "queue.buffering.max.messages": 200_000,
+                "queue.buffering.max.messages": QUEUE_MAX_MESSAGES,
                 **overrides,
             },
         )
@@ -52,7 +53,7 @@ class OutputProducer:
         """Records not yet delivered (or whose delivery report was not served yet)."""
         return len(self._producer)
 
-    async def send(
+    def produce(
         self,
         topic: str,
         key: bytes | None,
@@ -61,13 +62,15 @@ class OutputProducer:
         partition: int | None = None,
         on_delivery: Delivered | None = None,
     ) -> None:
-        """Queue a record. Records of one partition are delivered in the order they are sent
-        (idempotent producer). Waits, serving delivery reports, while librdkafka's queue is
-        full."""
-        sequence = 0  # set once librdkafka has taken the record
+        """Queue a record, without awaiting. Records of one partition are delivered in the order
+        they are produced (idempotent producer). While librdkafka's queue is full, serves
+        delivery reports, blocking for a few milliseconds at a time: back-pressure on the
+        loop that produces."""
+        sequence = self._sent + 1
+        outstanding = self._outstanding
 
         def report(err: Any, msg: Any) -> None:
-            del self._outstanding[sequence]
+            del outstanding[sequence]
             if err is not None:
                 self._failed(topic, err)
             elif on_delivery is not None:
@@ -83,11 +86,25 @@ class OutputProducer:
                 self._producer.produce(topic, value, **kwargs)
                 break
             except BufferError:
-                self._producer.poll(0)
-                await asyncio.sleep(0.005)
-        self._sent += 1
-        sequence = self._sent
-        self._outstanding[sequence] = None
+                self._producer.poll(0.005)
+        self._sent = sequence
+        outstanding[sequence] = None
+
+    async def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: list[tuple[str, bytes]] | None = None,
+        partition: int | None = None,
+        on_delivery: Delivered | None = None,
+    ) -> None:
+        """``produce``, yielding to the event loop instead of blocking while the queue is
+        full."""
+        while len(self._producer) >= QUEUE_MAX_MESSAGES:
+            self._producer.poll(0)
+            await asyncio.sleep(0.005)
+        self.produce(topic, key, value, headers, partition, on_delivery)
 
     def serve(self) -> int:
         """Run the delivery reports that are ready (without waiting)."""
@@ -95,27 +112,14 @@ class OutputProducer:
 
     async def flush(self) -> None:
         """Wait until every record sent before this call is delivered; raise if one was not.
-        Records sent meanwhile (the agent keeps processing during a commit) are not waited
-        for: under steady load there would always be some, and the flush would never end."""
+        Records sent meanwhile (another task may produce during a flush) are not waited for:
+        under steady load there would always be some, and the flush would never end."""
         barrier = self._sent
         while self._outstanding and next(iter(self._outstanding)) <= barrier:
             self._producer.poll(0)
             await asyncio.sleep(0.001)
         if self._failure is not None:
             raise DeliveryFailed(self._failure)
-
-    def attach(self, faust_producer: Any, then: Callable[[], None] | None = None) -> None:
-        """Make the Faust producer's ``flush`` (awaited before every offset commit, on a
-        rebalance and at shutdown) wait for this producer too, then call ``then``."""
-        flush_faust = faust_producer.flush
-
-        async def flush() -> None:
-            await flush_faust()
-            await self.flush()
-            if then is not None:
-                then()
-
-        faust_producer.flush = flush
 
     def _failed(self, topic: str, err: Any) -> None:
         self.failed += 1

@@ -372,11 +372,18 @@ def throughput(run: Run, sizes: Sizes, with_quix: bool) -> dict[str, Any]:
     finally:
         worker.stop()
     # After the stop (a graceful one flushes): every output the worker produced, ticks included
-    results["Percorso (shipped journeys)"] |= produced(
-        settings, clients.Codecs.from_settings(settings)
-    )
-    log(f"  Percorso's outputs: {results['Percorso (shipped journeys)']['outputs']}")
-    if "outputs" in results.get(QUIX_ENGINE, {}):
+    try:
+        results["Percorso (shipped journeys)"] |= produced(
+            settings, clients.Codecs.from_settings(settings)
+        )
+        log(f"  Percorso's outputs: {results['Percorso (shipped journeys)']['outputs']}")
+    except RuntimeError as exc:  # bookkeeping: the measured rate stands without it
+        results["Percorso (shipped journeys)"]["outputs_error"] = str(exc)[-300:]
+        log(f"  Percorso's outputs not read back: {exc}")
+    if (
+        "outputs" in results.get(QUIX_ENGINE, {})
+        and "outputs" in results["Percorso (shipped journeys)"]
+    ):
         # The worker also fires windows from its ticks (this traffic is weeks old, so all of
         # them are due): actions an event triggered are the ones both must agree on.
         log(
@@ -432,13 +439,13 @@ def quix_engine(
         problems = []
         if result["events"] != events:
             problems.append(f"processed {result['events']} of {events} events")
-        if not result["actions"] > 0:
-            problems.append("no action produced")
         outputs = result["outputs"]
+        if not outputs["actions"] > 0:
+            problems.append("no action produced")
         for kind in ("transitions", "actions"):
-            if not result[kind] == outputs[kind] == expected[kind]:
+            if not result.get(kind) == outputs[kind] == expected[kind]:
                 problems.append(
-                    f"{kind}: {result[kind]} emitted, {outputs[kind]} on the broker, "
+                    f"{kind}: {result.get(kind)} emitted, {outputs[kind]} on the broker, "
                     f"{expected[kind]} expected from the pure engine"
                 )
         if problems:
@@ -862,7 +869,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("--quick", action="store_true", help="small sizes (minutes)")
     parser.add_argument("--only", default=",".join(ALL_SCENARIOS))
-    parser.add_argument("--no-quix", action="store_true", help="skip the Quix Streams baseline")
+    parser.add_argument("--no-quix", action="store_true", help="skip the Quix Streams baselines")
     parser.add_argument(
         "--max-rate",
         type=float,

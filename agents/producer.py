@@ -35,23 +35,36 @@ class DeliveryFailed(Exception):
 
 
 class OutputProducer:
+    """Outputs and changelog records, produced without awaiting; ``flush`` before a commit.
+
+    Delivery reports: one producer-wide callback counts failures (a record the broker refused or
+    that timed out fails the next ``flush``). A per-record callback (``on_delivery``) is paid
+    only where it is asked for: the checkpoint asks it for changelog records, whose offsets it
+    needs, not for outputs. A per-record callback costs confluent-kafka about 20 us against 2-4
+    for a plain produce (measured in docs/performance.md), which was a fifth of a worker's time.
+    """
+
     def __init__(self, settings: Settings, **overrides: Any) -> None:
         self._producer = clients.producer(
             settings,
             **{
                 "linger.ms": 5,  # batches outputs and changelog records, bounds latency
                 "queue.buffering.max.messages": QUEUE_MAX_MESSAGES,
+                "on_delivery": self._report,
                 **overrides,
             },
         )
         self.failed = 0
         self._failure: str | None = None
-        self._sent = 0  # sequence number of the latest record sent
-        self._outstanding: dict[int, None] = {}  # sequence numbers not yet reported, in order
+        self.sent = 0
 
     def __len__(self) -> int:
         """Records not yet delivered (or whose delivery report was not served yet)."""
         return len(self._producer)
+
+    def _report(self, err: Any, msg: Any) -> None:
+        if err is not None:
+            self._failed(msg.topic(), err)
 
     def produce(
         self,
@@ -66,29 +79,28 @@ class OutputProducer:
         they are produced (idempotent producer). While librdkafka's queue is full, serves
         delivery reports, blocking for a few milliseconds at a time: back-pressure on the
         loop that produces."""
-        sequence = self._sent + 1
-        outstanding = self._outstanding
-
-        def report(err: Any, msg: Any) -> None:
-            del outstanding[sequence]
-            if err is not None:
-                self._failed(topic, err)
-            elif on_delivery is not None:
-                on_delivery(msg.topic(), msg.partition(), msg.offset())
-
-        kwargs: dict[str, Any] = {"key": key, "on_delivery": report}
+        kwargs: dict[str, Any] = {"key": key}
         if headers:
             kwargs["headers"] = headers
         if partition is not None:
             kwargs["partition"] = partition
+        if on_delivery is not None:
+
+            def report(err: Any, msg: Any) -> None:
+                if err is not None:
+                    self._failed(topic, err)
+                else:
+                    on_delivery(msg.topic(), msg.partition(), msg.offset())
+
+            kwargs["on_delivery"] = report
+        produce = self._producer.produce
         while True:
             try:
-                self._producer.produce(topic, value, **kwargs)
+                produce(topic, value, **kwargs)
                 break
             except BufferError:
                 self._producer.poll(0.005)
-        self._sent = sequence
-        outstanding[sequence] = None
+        self.sent += 1
 
     async def send(
         self,
@@ -111,13 +123,13 @@ class OutputProducer:
         return int(self._producer.poll(0))
 
     async def flush(self) -> None:
-        """Wait until every record sent before this call is delivered; raise if one was not.
-        Records sent meanwhile (another task may produce during a flush) are not waited for:
-        under steady load there would always be some, and the flush would never end."""
-        barrier = self._sent
-        while self._outstanding and next(iter(self._outstanding)) <= barrier:
+        """Wait until every record produced so far is delivered and its report served; raise
+        if one was not. The runtime produces only from the partition loop, which awaits its
+        checkpoint, so nothing is produced during a flush and this ends."""
+        while len(self._producer):
             self._producer.poll(0)
-            await asyncio.sleep(0.001)
+            if len(self._producer):
+                await asyncio.sleep(0.001)
         if self._failure is not None:
             raise DeliveryFailed(self._failure)
 

@@ -284,14 +284,20 @@ class Runtime:
         return patches.flow_active(self.app) and self.ready()[0]
 
     def safe_time(self, partition: int, now: int) -> int | None:
-        """Up to which event time this partition's wake-ups may fire (None: not yet)."""
+        """Up to which event time this partition's wake-ups may fire (None: not yet). Caught up
+        means: every record up to the high watermark of the last fetch response was applied,
+        so the wall clock *as of that response* (minus the grace) is safe; otherwise the latest
+        event time applied on the partition."""
+        fetched = now
         for topic in self.topics:
             position = patches.position(self.app, topic, partition)
             highwater = patches.highwater(self.app, topic, partition)
-            if position is None or highwater is None or position < highwater:
+            at = patches.last_fetch_ms(self.app, topic, partition)
+            if position is None or highwater is None or at is None or position < highwater:
                 part = self.parts.get(partition)
                 return part.watermark if part is not None else None
-        return now - self.options.window_grace_ms
+            fetched = min(fetched, at)
+        return fetched - self.options.window_grace_ms
 
     async def fire_due(self, now: int) -> None:
         """Fire what is due on every owned partition, up to its safe time, in rounds of at

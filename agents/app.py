@@ -46,6 +46,7 @@ from agents.outbox import Outgoing, Position, outputs_for
 from agents.processor import (
     CORRUPT_STATE,
     LATE,
+    OUTPUT_TOO_LARGE,
     Applied,
     Processor,
     Quarantined,
@@ -127,6 +128,7 @@ class Runtime:
         self.metrics = Metrics(registry, channels=STANDARD_CHANNELS | catalog.channels())
         self.app = self._create_app()
         self.output = OutputProducer(settings)
+        self.output.on_quarantined = self.metrics.dead_letters.labels(OUTPUT_TOO_LARGE).inc
         self.output.attach(self.app.producer, then=self._store_persisted)
         self._persisted: dict[int, int] = {}  # changelog partition -> offset delivered
         n = options.partitions
@@ -307,6 +309,7 @@ class Runtime:
             started = time.perf_counter()
             message = event.message
             now = now_ms()
+            self.output.position = Position(message.topic, message.partition, message.offset)
             if message.topic == self.ticks_name:
                 await self._on_tick(message, now)
             else:
@@ -347,7 +350,7 @@ class Runtime:
         source = Position(message.topic, message.partition, message.offset)
         metrics = self.metrics
         try:
-            touchpoint = self.processor.decode(message.value)
+            touchpoint = self.processor.decode(message.value, now)
         except Rejected as rejected:
             metrics.touchpoints.labels("other", "rejected").inc()
             await self._dead_letter(message, source, rejected.error_class, str(rejected))

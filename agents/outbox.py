@@ -32,7 +32,7 @@ class Outgoing:
 
     topic: str
     key: bytes | None
-    value: bytes
+    value: bytes | None  # None: a null value (a dead letter of a null record)
     headers: list[tuple[str, bytes]] = field(default_factory=list)
 
 
@@ -124,7 +124,7 @@ def decode_outputs(payload: bytes) -> tuple[Outgoing, ...]:
     r = _Reader(payload)
     outputs = []
     for _ in range(r.u16()):
-        topic, key, value = r.text(), r.blob(), r.blob() or b""
+        topic, key, value = r.text(), r.blob(), r.blob()
         headers = [(r.text(), r.blob() or b"") for _ in range(r.u16())]
         outputs.append(Outgoing(topic, key, value, headers))
     if r.at != len(payload):

@@ -35,7 +35,8 @@ from journeys.state import CustomerState
 from percorso.clients import Codecs
 from percorso.codec import SerializationError
 from percorso.config import Settings
-from percorso.records import InvalidTouchpoint, validate_touchpoint
+from percorso.limits import ENV
+from percorso.records import FutureEvent, InvalidTouchpoint, check_event_time, validate_touchpoint
 
 _ENVELOPE = struct.Struct(">bqII")
 _ENVELOPE_VERSION = 1
@@ -45,6 +46,9 @@ NO_DUE = -1
 UNDECODABLE = "SerializationError"
 INVALID = "InvalidTouchpoint"
 LATE = "LateEvent"
+FUTURE = "FutureEvent"  # dated further ahead of the worker's clock than the allowed skew
+STATE_TOO_LARGE = "StateTooLarge"  # applying it would take the stored value beyond the limit
+OUTPUT_TOO_LARGE = "OutputTooLarge"  # an output the broker refused as too large, cut to fit
 CORRUPT_STATE = "CorruptState"  # the customer's stored value cannot be decoded
 ENGINE_ERROR = "EngineError"  # the engine raised on this customer and this input
 
@@ -76,6 +80,48 @@ class Quarantined(Rejected):
     def __init__(self, error_class: str, message: str, stored: bytes | None) -> None:
         super().__init__(error_class, message)
         self.stored = stored
+
+
+MAX_KEPT_KEY_BYTES = 1024  # of a dead letter's key, when the record must be cut
+MAX_KEPT_HEADER_BYTES = 4096  # of any header value, when cutting the value is not enough
+_NOTES_BYTES = 200  # the headers ``fit`` adds
+
+
+def record_size(out: Outgoing) -> int:
+    """What a record weighs against librdkafka's ``message.max.bytes``."""
+    return (
+        len(out.key or b"")
+        + len(out.value or b"")
+        + sum(len(name) + len(value) for name, value in out.headers)
+    )
+
+
+def fit(out: Outgoing, limit: int) -> Outgoing:
+    """``out`` if its key, value and headers together are within ``limit`` bytes; else a copy
+    cut to fit: the key to its first ``MAX_KEPT_KEY_BYTES``, the value to what room is left
+    (after header values beyond ``MAX_KEPT_HEADER_BYTES`` are cut too, if that is not enough),
+    with ``percorso.error.truncated: true`` and the original sizes in headers. A null value
+    stays null."""
+    if record_size(out) <= limit:
+        return out
+    key, value, headers = out.key, out.value, list(out.headers)
+    notes = [("percorso.error.truncated", b"true")]
+    if value is not None:
+        notes.append(("percorso.error.original_size", str(len(value)).encode()))
+    if key is not None and len(key) > MAX_KEPT_KEY_BYTES:
+        notes.append(("percorso.error.original_key_size", str(len(key)).encode()))
+        key = key[:MAX_KEPT_KEY_BYTES]
+    room = limit - _NOTES_BYTES - record_size(Outgoing(out.topic, key, None, headers))
+    if room < 0:
+        cut = [name for name, v in headers if len(v) > MAX_KEPT_HEADER_BYTES]
+        notes += [
+            (f"{name}.original_size", str(len(v)).encode()) for name, v in headers if name in cut
+        ]
+        headers = [(name, v[:MAX_KEPT_HEADER_BYTES]) for name, v in headers]
+        room = limit - _NOTES_BYTES - record_size(Outgoing(out.topic, key, None, headers))
+    if value is not None:
+        value = value[: max(0, room)]
+    return Outgoing(out.topic, key, value, headers + notes)
 
 
 def customer_key(customer_id: str) -> bytes:
@@ -139,19 +185,37 @@ class Processor:
         self.engine = engine
         self.codecs = codecs
         self.topics = settings.topics
+        self.limits = settings.limits
+        self.correlated = frozenset(
+            k for j in engine.catalog.journeys for w in j.windows for k in w.correlate
+        )
 
     # -- ingest -----------------------------------------------------------------------------
 
-    def decode(self, value: bytes | None) -> dict[str, Any]:
-        """A valid touchpoint from the wire, or Rejected with the reason."""
+    def decode(self, value: bytes | None, now: int | None = None) -> dict[str, Any]:
+        """A valid touchpoint from the wire, or Rejected with the reason. With ``now`` (the
+        worker's wall clock), a touchpoint dated too far ahead of it is refused as well."""
+        limit = self.limits.max_touchpoint_bytes
+        if value is not None and len(value) > limit:
+            raise Rejected(
+                INVALID,
+                f"record: {len(value)} bytes, more than the {limit} a touchpoint may have "
+                f"(limit max_touchpoint_bytes, {ENV['max_touchpoint_bytes']})",
+            )
         try:
             record = self.codecs.touchpoint.decode(value)
         except SerializationError as exc:
             raise Rejected(UNDECODABLE, str(exc)) from exc
         try:
-            return validate_touchpoint(record)
+            touchpoint = validate_touchpoint(record, self.limits, self.correlated)
         except InvalidTouchpoint as exc:
             raise Rejected(INVALID, str(exc)) from exc
+        if now is not None:
+            try:
+                check_event_time(touchpoint["occurred_at"], now, self.limits)
+            except FutureEvent as exc:
+                raise Rejected(FUTURE, str(exc)) from exc
+        return touchpoint
 
     def dead_letter(
         self,
@@ -161,11 +225,13 @@ class Processor:
         message: str,
         source: Position,
     ) -> Outgoing:
-        """The original bytes, unchanged, with the contract's error headers."""
-        return Outgoing(
+        """The original bytes with the contract's error headers; a null value stays null (an
+        empty one stays empty). A record beyond ``max_dead_letter_bytes`` is cut to fit
+        (``fit``), so the dead letter of an oversized record can always be written."""
+        out = Outgoing(
             self.topics.dlq,
             key,
-            value or b"",
+            value,
             [
                 ("percorso.error.class", error_class.encode()),
                 ("percorso.error.message", message[:4000].encode()),
@@ -174,6 +240,7 @@ class Processor:
                 ("percorso.source.offset", str(source.offset).encode()),
             ],
         )
+        return fit(out, self.limits.max_dead_letter_bytes)
 
     # -- engine -----------------------------------------------------------------------------
 
@@ -214,7 +281,19 @@ class Processor:
         if outgoing:
             outbox = [e for e in outbox if e.source != source]
             outbox.append(Entry.of(source, outgoing))
-        return Applied(step, pack(step.state, indexed_due, outbox), outgoing, index_add, resend)
+        packed = pack(step.state, indexed_due, outbox)
+        limit = self.limits.max_state_bytes
+        if len(packed) > limit and not isinstance(item, Tick):
+            # refused before anything is sent or stored: the customer stays as it was. A tick
+            # only fires and removes what a touchpoint stored, so its result is always kept.
+            raise Quarantined(
+                STATE_TOO_LARGE,
+                f"applying this touchpoint would make the customer's stored value "
+                f"{len(packed)} bytes, more than {limit} "
+                f"(limit max_state_bytes, {ENV['max_state_bytes']})",
+                None,
+            )
+        return Applied(step, packed, outgoing, index_add, resend)
 
     def outputs(self, step: Step) -> list[Outgoing]:
         key = step.state["customer_id"].encode()

@@ -12,6 +12,13 @@ committed only after everything its records caused was delivered. A record that 
 delivered (librdkafka has retried it until ``message.timeout.ms``) fails that flush, so the
 commit does not happen and the worker stops: the records are processed again on restart,
 instead of being lost quietly.
+
+Except a record refused for its size (``MSG_SIZE_TOO_LARGE``, by librdkafka when it is sent or by
+the broker later): sending it again would be refused again, so stopping would only crash-loop
+the worker on the same offset. Such a record is quarantined instead: a copy cut to fit
+(``agents.processor.fit``) goes to the dead-letter topic with ``percorso.error.class:
+OutputTooLarge``, the topic it was meant for and the position of the input being processed, and
+the worker goes on. The limits (``percorso.limits``) keep valid input from ever getting there.
 """
 
 from __future__ import annotations
@@ -21,12 +28,17 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from confluent_kafka import KafkaError, KafkaException
+
+from agents.outbox import Outgoing, Position
+from agents.processor import OUTPUT_TOO_LARGE, fit
 from percorso import clients
 from percorso.config import Settings
 
 log = logging.getLogger("percorso.agents")
 
 Delivered = Callable[[str, int, int], None]  # topic, partition, offset
+TOO_LARGE = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE})
 
 
 class DeliveryFailed(Exception):
@@ -44,6 +56,13 @@ class OutputProducer:
             },
         )
         self.failed = 0
+        self.quarantined = 0  # records refused for their size, sent to the DLQ cut to fit
+        self.dropped = 0  # ... whose dead letter was refused too
+        self.position: Position | None = None  # the input being processed (set by the agent)
+        self.on_quarantined: Callable[[], None] | None = None
+        self._dlq = settings.topics.dlq
+        self._dead_letter_limit = settings.limits.max_dead_letter_bytes
+        self._refused: list[tuple[Outgoing, str, Position | None]] = []
         self._failure: str | None = None
         self._sent = 0  # sequence number of the latest record sent
         self._outstanding: dict[int, None] = {}  # sequence numbers not yet reported, in order
@@ -64,12 +83,21 @@ class OutputProducer:
         """Queue a record. Records of one partition are delivered in the order they are sent
         (idempotent producer). Waits, serving delivery reports, while librdkafka's queue is
         full."""
+        if self._refused:
+            await self._quarantine_refused()
         sequence = 0  # set once librdkafka has taken the record
+        position = self.position
 
         def report(err: Any, msg: Any) -> None:
             del self._outstanding[sequence]
             if err is not None:
-                self._failed(topic, err)
+                if err.code() in TOO_LARGE and topic == self._dlq:
+                    self._drop(topic, str(err))
+                elif err.code() in TOO_LARGE:
+                    out = Outgoing(topic, key, value, list(headers or []))
+                    self._refused.append((out, str(err), position))
+                else:
+                    self._failed(topic, err)
             elif on_delivery is not None:
                 on_delivery(msg.topic(), msg.partition(), msg.offset())
 
@@ -85,9 +113,58 @@ class OutputProducer:
             except BufferError:
                 self._producer.poll(0)
                 await asyncio.sleep(0.005)
+            except KafkaException as exc:
+                error = exc.args[0]
+                if error.code() not in TOO_LARGE:
+                    raise
+                if topic == self._dlq:
+                    self._drop(topic, str(error))
+                else:
+                    out = Outgoing(topic, key, value, list(headers or []))
+                    await self._quarantine(out, str(error), position)
+                return
         self._sent += 1
         sequence = self._sent
         self._outstanding[sequence] = None
+
+    async def _quarantine_refused(self) -> None:
+        refused, self._refused = self._refused, []
+        for out, error, position in refused:
+            await self._quarantine(out, error, position)
+
+    async def _quarantine(self, out: Outgoing, error: str, position: Position | None) -> None:
+        """Send a record refused for its size to the dead-letter topic instead, cut to fit."""
+        size = len(out.value or b"")
+        log.error(
+            "a record for %s (%s bytes) was refused (%s): quarantined to %s",
+            out.topic,
+            size,
+            error,
+            self._dlq,
+        )
+        headers = [
+            *out.headers,
+            ("percorso.error.class", OUTPUT_TOO_LARGE.encode()),
+            ("percorso.error.message", f"a record for {out.topic} was refused: {error}".encode()),
+            ("percorso.output.topic", out.topic.encode()),
+        ]
+        if position is not None:
+            headers += [
+                ("percorso.source.topic", position.topic.encode()),
+                ("percorso.source.partition", str(position.partition).encode()),
+                ("percorso.source.offset", str(position.offset).encode()),
+            ]
+        dead = fit(Outgoing(self._dlq, out.key, out.value, headers), self._dead_letter_limit)
+        self.quarantined += 1
+        if self.on_quarantined is not None:
+            self.on_quarantined()
+        await self.send(dead.topic, dead.key, dead.value, dead.headers)
+
+    def _drop(self, topic: str, error: str) -> None:
+        """A dead letter refused even when cut to fit (the topic's own limit is lower): there
+        is nowhere left to put it, and stopping would refuse it again on every restart."""
+        self.dropped += 1
+        log.error("a dead letter for %s was refused (%s) and dropped", topic, error)
 
     def serve(self) -> int:
         """Run the delivery reports that are ready (without waiting)."""
@@ -101,6 +178,12 @@ class OutputProducer:
         while self._outstanding and next(iter(self._outstanding)) <= barrier:
             self._producer.poll(0)
             await asyncio.sleep(0.001)
+            if self._refused:  # their dead letters are part of what this flush waits for
+                await self._quarantine_refused()
+                barrier = self._sent
+        if self._refused:
+            await self._quarantine_refused()
+            await self.flush()
         if self._failure is not None:
             raise DeliveryFailed(self._failure)
 

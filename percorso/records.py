@@ -6,9 +6,12 @@ decoded records must pass before the engine sees them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Collection, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+from percorso.limits import DEFAULT, ENV, Limits
 
 TOUCHPOINT_FIELDS = (
     "event_id",
@@ -20,6 +23,7 @@ TOUCHPOINT_FIELDS = (
     "source",
 )
 _REQUIRED_STRINGS = ("event_id", "customer_id", "channel", "type")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 # Event times before 2000-01-01 or after 2100-01-01 are taken for unit mistakes (seconds, µs).
 _MIN_MS = 946_684_800_000
@@ -33,6 +37,10 @@ class InvalidTouchpoint(ValueError):
     def __init__(self, field: str, message: str) -> None:
         self.field = field
         super().__init__(f"{field}: {message}")
+
+
+class FutureEvent(ValueError):
+    """A touchpoint dated further ahead of the clock than the allowed skew."""
 
 
 def parse_time_ms(value: Any, field: str = "occurred_at") -> int:
@@ -68,12 +76,33 @@ def parse_time_ms(value: Any, field: str = "occurred_at") -> int:
     return ms
 
 
-def validate_touchpoint(record: Mapping[str, Any]) -> dict[str, Any]:
-    """Check a decoded touchpoint; return it normalised (attributes present, source present)."""
+def _utf8_size(field: str, value: str) -> int:
+    try:
+        return len(value.encode())
+    except UnicodeEncodeError:
+        raise InvalidTouchpoint(field, "not valid Unicode (a lone surrogate)") from None
+
+
+def _within(field: str, value: str, limit: int, name: str) -> None:
+    if len(value) > limit or _utf8_size(field, value) > limit:  # the length is a lower bound
+        raise InvalidTouchpoint(
+            field, f"longer than {limit} bytes of UTF-8 (limit {name}, {ENV[name]})"
+        )
+
+
+def validate_touchpoint(
+    record: Mapping[str, Any], limits: Limits = DEFAULT, correlated: Collection[str] = ()
+) -> dict[str, Any]:
+    """Check a decoded touchpoint against the record's rules and ``limits``; return it
+    normalised (attributes present, source present). ``correlated``: the attributes a window
+    correlates on, whose values have their own, smaller bound."""
     for name in _REQUIRED_STRINGS:
         value = record.get(name)
         if not isinstance(value, str) or not value.strip():
             raise InvalidTouchpoint(name, "required, a non-empty string")
+        _within(name, value, limits.max_id_bytes, "max_id_bytes")
+        if _CONTROL.search(value):
+            raise InvalidTouchpoint(name, "must not contain control characters (newline, NUL, ...)")
     occurred = record.get("occurred_at")
     if not isinstance(occurred, int) or isinstance(occurred, bool):
         raise InvalidTouchpoint("occurred_at", "required, epoch milliseconds")
@@ -84,6 +113,24 @@ def validate_touchpoint(record: Mapping[str, Any]) -> dict[str, Any]:
         isinstance(k, str) and isinstance(v, str) for k, v in attributes.items()
     ):
         raise InvalidTouchpoint("attributes", "must map strings to strings")
+    if len(attributes) > limits.max_attributes:
+        raise InvalidTouchpoint(
+            "attributes",
+            f"{len(attributes)} attributes, more than {limits.max_attributes} "
+            f"(limit max_attributes, {ENV['max_attributes']})",
+        )
+    for k, v in attributes.items():
+        _within("attributes", k, limits.max_attribute_key_bytes, "max_attribute_key_bytes")
+        field = f"attributes.{k}"
+        if k in correlated:
+            _within(field, v, limits.max_correlation_value_bytes, "max_correlation_value_bytes")
+        else:
+            _within(field, v, limits.max_attribute_value_bytes, "max_attribute_value_bytes")
+    source = record.get("source")
+    if source is not None:
+        if not isinstance(source, str):
+            raise InvalidTouchpoint("source", "a string or null")
+        _within("source", source, limits.max_id_bytes, "max_id_bytes")
     return {
         "event_id": record["event_id"],
         "customer_id": record["customer_id"],
@@ -91,11 +138,24 @@ def validate_touchpoint(record: Mapping[str, Any]) -> dict[str, Any]:
         "type": record["type"],
         "occurred_at": occurred,
         "attributes": dict(attributes),
-        "source": record.get("source"),
+        "source": source,
     }
 
 
-def touchpoint_from_json(obj: Any) -> dict[str, Any]:
+def check_event_time(occurred_at: int, now: int, limits: Limits = DEFAULT) -> None:
+    """Refuse an event time more than ``limits.max_event_skew_ms`` ahead of ``now``."""
+    ahead = occurred_at - now
+    if ahead > limits.max_event_skew_ms:
+        raise FutureEvent(
+            f"occurred_at: {iso(occurred_at)} is {ahead} ms ahead of the clock ({iso(now)}), "
+            f"more than the {limits.max_event_skew_ms} ms allowed "
+            f"(limit max_event_skew_ms, {ENV['max_event_skew_ms']})"
+        )
+
+
+def touchpoint_from_json(
+    obj: Any, limits: Limits = DEFAULT, correlated: Collection[str] = ()
+) -> dict[str, Any]:
     """A touchpoint from one decoded JSON line; unknown fields are errors (typos lose data)."""
     if not isinstance(obj, dict):
         raise InvalidTouchpoint("(line)", f"expected a JSON object, got {type(obj).__name__}")
@@ -120,7 +180,7 @@ def touchpoint_from_json(obj: Any) -> dict[str, Any]:
         else:
             raise InvalidTouchpoint(f"attributes.{key}", "values must be strings or numbers")
     record["attributes"] = converted
-    return validate_touchpoint(record)
+    return validate_touchpoint(record, limits, correlated)
 
 
 def iso(ms: int) -> str:

@@ -31,7 +31,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException
 
 from agents.outbox import Outgoing, Position
-from agents.processor import OUTPUT_TOO_LARGE, fit
+from agents.processor import OUTPUT_TOO_LARGE, fit, record_size
 from percorso import clients
 from percorso.config import Settings
 
@@ -39,6 +39,7 @@ log = logging.getLogger("percorso.agents")
 
 Delivered = Callable[[str, int, int], None]  # topic, partition, offset
 TOO_LARGE = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE})
+LAST_RESORT_BYTES = 64 * 1024  # a dead letter refused at the configured limit is cut to this
 
 
 class DeliveryFailed(Exception):
@@ -91,9 +92,7 @@ class OutputProducer:
         def report(err: Any, msg: Any) -> None:
             del self._outstanding[sequence]
             if err is not None:
-                if err.code() in TOO_LARGE and topic == self._dlq:
-                    self._drop(topic, str(err))
-                elif err.code() in TOO_LARGE:
+                if err.code() in TOO_LARGE:
                     out = Outgoing(topic, key, value, list(headers or []))
                     self._refused.append((out, str(err), position))
                 else:
@@ -117,11 +116,8 @@ class OutputProducer:
                 error = exc.args[0]
                 if error.code() not in TOO_LARGE:
                     raise
-                if topic == self._dlq:
-                    self._drop(topic, str(error))
-                else:
-                    out = Outgoing(topic, key, value, list(headers or []))
-                    await self._quarantine(out, str(error), position)
+                out = Outgoing(topic, key, value, list(headers or []))
+                await self._quarantine(out, str(error), position)
                 return
         self._sent += 1
         sequence = self._sent
@@ -133,7 +129,17 @@ class OutputProducer:
             await self._quarantine(out, error, position)
 
     async def _quarantine(self, out: Outgoing, error: str, position: Position | None) -> None:
-        """Send a record refused for its size to the dead-letter topic instead, cut to fit."""
+        """Send a record refused for its size to the dead-letter topic instead, cut to fit. A
+        dead letter refused for its size is sent again cut to ``LAST_RESORT_BYTES`` (the
+        dead-letter limit is set higher than this broker takes); refused again, dropped."""
+        if out.topic == self._dlq:
+            if record_size(out) <= LAST_RESORT_BYTES:
+                self._drop(out.topic, error)
+                return
+            log.error("a dead letter was refused (%s): sent again cut to fit", error)
+            dead = fit(out, LAST_RESORT_BYTES)
+            await self.send(dead.topic, dead.key, dead.value, dead.headers)
+            return
         size = len(out.value or b"")
         log.error(
             "a record for %s (%s bytes) was refused (%s): quarantined to %s",
@@ -161,8 +167,8 @@ class OutputProducer:
         await self.send(dead.topic, dead.key, dead.value, dead.headers)
 
     def _drop(self, topic: str, error: str) -> None:
-        """A dead letter refused even when cut to fit (the topic's own limit is lower): there
-        is nowhere left to put it, and stopping would refuse it again on every restart."""
+        """A dead letter refused even when cut to ``LAST_RESORT_BYTES``: there is nowhere left
+        to put it, and stopping would refuse it again on every restart."""
         self.dropped += 1
         log.error("a dead letter for %s was refused (%s) and dropped", topic, error)
 

@@ -5,13 +5,16 @@ delivered."""
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from agents.outbox import Position
 from agents.producer import DeliveryFailed, OutputProducer
 from percorso.config import Settings
 
@@ -155,3 +158,67 @@ def test_a_flush_under_steady_load_waits_only_for_what_was_sent_before_it(
     before, total = asyncio.run(scenario())
     assert before > 0 and total > before  # records kept coming during the flush
     assert set(range(1, before + 1)) <= delivered
+
+
+def _topic_with(settings: Settings, name: str, **config: str) -> None:
+    admin = AdminClient(settings.kafka_config())
+    admin.create_topics([NewTopic(name, 1, 1, config=config)])[name].result()
+
+
+def test_a_record_too_large_to_send_is_quarantined_cut_to_fit(
+    settings_factory: Callable[..., Settings], unique: Callable[[str], str]
+) -> None:
+    """Refused by librdkafka when sent (beyond ``message.max.bytes``) or by the broker later
+    (beyond the topic's ``max.message.bytes``): sending it again would be refused again, so
+    it goes to the dead-letter topic, cut to fit, and the flush succeeds."""
+    base = settings_factory()
+    settings = replace(base, limits=replace(base.limits, max_dead_letter_bytes=20_000))
+    client_side, broker_side = unique("out"), unique("small")
+    _topic(settings, client_side, 1)
+    _topic(settings, settings.topics.dlq, 1)
+    _topic_with(settings, broker_side, **{"max.message.bytes": "5000"})
+    big = os.urandom(100_000)  # incompressible: the broker sees its size
+    medium = os.urandom(10_000)
+
+    async def scenario() -> OutputProducer:
+        output = OutputProducer(settings, **{"message.max.bytes": 50_000})
+        output.position = Position(settings.topics.touchpoints, 3, 42)
+        await output.send(client_side, b"k1", big, headers=[("percorso.action_id", b"a1")])
+        await output.send(broker_side, b"k2", medium)
+        await output.send(client_side, b"k3", b"fine")
+        await output.flush()
+        return output
+
+    output = asyncio.run(scenario())
+    assert (output.failed, output.quarantined, output.dropped) == (0, 2, 0)
+    assert [r.value() for r in _read(settings, client_side, 0, 1)] == [b"fine"]
+    dead = {r.key(): r for r in _read(settings, settings.topics.dlq, 0, 2)}
+    assert set(dead) == {b"k1", b"k2"}
+    first = dict(dead[b"k1"].headers())
+    assert first["percorso.error.class"] == b"OutputTooLarge"
+    assert first["percorso.output.topic"] == client_side.encode()
+    assert first["percorso.action_id"] == b"a1"
+    assert first["percorso.error.truncated"] == b"true"
+    assert first["percorso.error.original_size"] == b"100000"
+    assert (first["percorso.source.partition"], first["percorso.source.offset"]) == (b"3", b"42")
+    assert big.startswith(dead[b"k1"].value()) and len(dead[b"k1"].value()) > 15_000
+    second = dict(dead[b"k2"].headers())
+    assert second["percorso.output.topic"] == broker_side.encode()
+    assert dead[b"k2"].value() == medium  # it fits the dead-letter limit: unchanged
+    assert "percorso.error.truncated" not in second
+
+
+def test_a_dead_letter_refused_even_cut_to_fit_is_dropped_not_a_crash_loop(
+    settings_factory: Callable[..., Settings], unique: Callable[[str], str]
+) -> None:
+    settings = settings_factory()
+    _topic_with(settings, settings.topics.dlq, **{"max.message.bytes": "2000"})
+
+    async def scenario() -> OutputProducer:
+        output = OutputProducer(settings)
+        await output.send(settings.topics.dlq, b"k", os.urandom(10_000))
+        await output.flush()  # does not raise: nothing would ever take it
+        return output
+
+    output = asyncio.run(scenario())
+    assert (output.failed, output.dropped) == (0, 1)

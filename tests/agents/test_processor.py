@@ -325,3 +325,26 @@ def test_index_keys_parse_back_any_legal_customer_id(customer: str) -> None:
     assert parse_index_key(key) == (7, 1_800_000_000_000, customer)
     low, high = index_range(7, 1_800_000_000_000)
     assert low <= key < high
+
+
+def test_every_dead_letter_class_is_documented() -> None:
+    """The contract: every ``percorso.error.class`` value is in docs/operations.md."""
+    from pathlib import Path
+
+    import agents.processor as processor
+
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
+    table = docs.split("## Dead-letter reasons", 1)[1].split("\n## ", 1)[0]
+    classes = [
+        processor.UNDECODABLE,
+        processor.INVALID,
+        processor.FUTURE,
+        processor.LATE,
+        processor.STATE_TOO_LARGE,
+        processor.CORRUPT_STATE,
+        processor.ENGINE_ERROR,
+        processor.OUTPUT_TOO_LARGE,
+    ]
+    for error_class in classes:
+        assert f"| `{error_class}` |" in table, error_class
+    assert table.count("\n| `") == len(classes) + 1  # the header row, and nothing else

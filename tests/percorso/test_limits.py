@@ -152,3 +152,13 @@ def test_the_bounds_fit_a_kafka_record() -> None:
     assert len(encoded) < d.max_touchpoint_bytes
     assert d.max_touchpoint_bytes < d.max_dead_letter_bytes < 1_000_000
     assert d.max_state_bytes < 1_000_000
+
+
+def test_every_limit_is_documented_with_its_default() -> None:
+    from pathlib import Path
+
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
+    for name, variable in ENV.items():
+        assert f"| `{variable}` |" in docs, variable
+        row = docs.split(f"| `{variable}` |", 1)[1].split("\n", 1)[0]
+        assert f"`{getattr(DEFAULT, name)}`" in row, (variable, row)

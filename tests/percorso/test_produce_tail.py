@@ -162,3 +162,18 @@ def test_commands_without_a_broker_say_so() -> None:
         check=False,
     )
     assert out.returncode != 0 and "no broker" in out.stderr
+
+
+def test_unpaced_synthetic_traffic_is_not_dated_ahead_of_the_clock() -> None:
+    """``--count N`` sent as fast as possible ends now: workers refuse event times more than
+    the allowed skew ahead of their clock. Paced traffic is live and starts now."""
+    import argparse
+    import time
+
+    from percorso.cli import _synthetic_start
+
+    now = int(time.time() * 1000)
+    start = _synthetic_start(argparse.Namespace(count=60_000, rate=None))
+    assert abs(start - (now - 600_000)) < 5_000
+    assert abs(_synthetic_start(argparse.Namespace(count=None, rate=None)) - now) < 5_000
+    assert abs(_synthetic_start(argparse.Namespace(count=500, rate=50.0)) - now) < 5_000

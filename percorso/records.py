@@ -76,18 +76,26 @@ def parse_time_ms(value: Any, field: str = "occurred_at") -> int:
     return ms
 
 
-def _utf8_size(field: str, value: str) -> int:
+def _size(value: str) -> int:
+    """UTF-8 bytes of ``value``; -1 for a string that has none (a lone surrogate)."""
+    if value.isascii():  # the common case, without encoding
+        return len(value)
     try:
         return len(value.encode())
     except UnicodeEncodeError:
-        raise InvalidTouchpoint(field, "not valid Unicode (a lone surrogate)") from None
+        return -1
 
 
-def _within(field: str, value: str, limit: int, name: str) -> None:
-    if len(value) > limit or _utf8_size(field, value) > limit:  # the length is a lower bound
-        raise InvalidTouchpoint(
-            field, f"longer than {limit} bytes of UTF-8 (limit {name}, {ENV[name]})"
-        )
+def _refuse_size(field: str, value: str, limit: int, name: str) -> InvalidTouchpoint:
+    if _size(value) < 0:
+        return InvalidTouchpoint(field, "not valid Unicode (a lone surrogate)")
+    return InvalidTouchpoint(
+        field, f"longer than {limit} bytes of UTF-8 (limit {name}, {ENV[name]})"
+    )
+
+
+def _fits(value: str, limit: int) -> bool:
+    return len(value) <= limit and 0 <= _size(value) <= limit  # characters <= bytes
 
 
 def validate_touchpoint(
@@ -96,11 +104,13 @@ def validate_touchpoint(
     """Check a decoded touchpoint against the record's rules and ``limits``; return it
     normalised (attributes present, source present). ``correlated``: the attributes a window
     correlates on, whose values have their own, smaller bound."""
+    max_id = limits.max_id_bytes
     for name in _REQUIRED_STRINGS:
         value = record.get(name)
         if not isinstance(value, str) or not value.strip():
             raise InvalidTouchpoint(name, "required, a non-empty string")
-        _within(name, value, limits.max_id_bytes, "max_id_bytes")
+        if not _fits(value, max_id):
+            raise _refuse_size(name, value, max_id, "max_id_bytes")
         if _CONTROL.search(value):
             raise InvalidTouchpoint(name, "must not contain control characters (newline, NUL, ...)")
     occurred = record.get("occurred_at")
@@ -109,9 +119,7 @@ def validate_touchpoint(
     if not _MIN_MS <= occurred < _MAX_MS:
         raise InvalidTouchpoint("occurred_at", f"{occurred} is not a plausible epoch-ms time")
     attributes = record.get("attributes") or {}
-    if not isinstance(attributes, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in attributes.items()
-    ):
+    if not isinstance(attributes, Mapping):
         raise InvalidTouchpoint("attributes", "must map strings to strings")
     if len(attributes) > limits.max_attributes:
         raise InvalidTouchpoint(
@@ -119,18 +127,27 @@ def validate_touchpoint(
             f"{len(attributes)} attributes, more than {limits.max_attributes} "
             f"(limit max_attributes, {ENV['max_attributes']})",
         )
+    max_key = limits.max_attribute_key_bytes
+    max_value = limits.max_attribute_value_bytes
+    max_correlation = limits.max_correlation_value_bytes
     for k, v in attributes.items():
-        _within("attributes", k, limits.max_attribute_key_bytes, "max_attribute_key_bytes")
-        field = f"attributes.{k}"
+        if not isinstance(k, str) or not isinstance(v, str):
+            raise InvalidTouchpoint("attributes", "must map strings to strings")
+        if not _fits(k, max_key):
+            raise _refuse_size("attributes", k, max_key, "max_attribute_key_bytes")
         if k in correlated:
-            _within(field, v, limits.max_correlation_value_bytes, "max_correlation_value_bytes")
-        else:
-            _within(field, v, limits.max_attribute_value_bytes, "max_attribute_value_bytes")
+            if not _fits(v, max_correlation):
+                raise _refuse_size(
+                    f"attributes.{k}", v, max_correlation, "max_correlation_value_bytes"
+                )
+        elif not _fits(v, max_value):
+            raise _refuse_size(f"attributes.{k}", v, max_value, "max_attribute_value_bytes")
     source = record.get("source")
     if source is not None:
         if not isinstance(source, str):
             raise InvalidTouchpoint("source", "a string or null")
-        _within("source", source, limits.max_id_bytes, "max_id_bytes")
+        if not _fits(source, max_id):
+            raise _refuse_size("source", source, max_id, "max_id_bytes")
     return {
         "event_id": record["event_id"],
         "customer_id": record["customer_id"],

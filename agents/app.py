@@ -350,7 +350,7 @@ class Runtime:
         source = Position(message.topic, message.partition, message.offset)
         metrics = self.metrics
         try:
-            touchpoint = self.processor.decode(message.value, now)
+            touchpoint = self.processor.decode(message.value, now, message.headers)
         except Rejected as rejected:
             metrics.touchpoints.labels("other", "rejected").inc()
             await self._dead_letter(message, source, rejected.error_class, str(rejected))

@@ -87,6 +87,16 @@ MAX_KEPT_HEADER_BYTES = 4096  # of any header value, when cutting the value is n
 _NOTES_BYTES = 200  # the headers ``fit`` adds
 
 
+Headers = list[tuple[str, bytes | None]] | Mapping[str, bytes | None]
+
+
+def _headers_size(headers: Headers | None) -> int:
+    if not headers:
+        return 0
+    pairs = headers.items() if isinstance(headers, Mapping) else headers
+    return sum(len(name) + len(value or b"") for name, value in pairs)
+
+
 def record_size(out: Outgoing) -> int:
     """What a record weighs against librdkafka's ``message.max.bytes``."""
     return (
@@ -192,15 +202,19 @@ class Processor:
 
     # -- ingest -----------------------------------------------------------------------------
 
-    def decode(self, value: bytes | None, now: int | None = None) -> dict[str, Any]:
+    def decode(
+        self, value: bytes | None, now: int | None = None, headers: Headers | None = None
+    ) -> dict[str, Any]:
         """A valid touchpoint from the wire, or Rejected with the reason. With ``now`` (the
-        worker's wall clock), a touchpoint dated too far ahead of it is refused as well."""
+        worker's wall clock), a touchpoint dated too far ahead of it is refused as well. The
+        record's ``headers`` count towards its size: a re-keyed copy carries them."""
         limit = self.limits.max_touchpoint_bytes
-        if value is not None and len(value) > limit:
+        size = len(value or b"") + _headers_size(headers)
+        if size > limit:
             raise Rejected(
                 INVALID,
-                f"record: {len(value)} bytes, more than the {limit} a touchpoint may have "
-                f"(limit max_touchpoint_bytes, {ENV['max_touchpoint_bytes']})",
+                f"record: {size} bytes of value and headers, more than the {limit} a "
+                f"touchpoint may have (limit max_touchpoint_bytes, {ENV['max_touchpoint_bytes']})",
             )
         try:
             record = self.codecs.touchpoint.decode(value)

@@ -19,8 +19,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 
 MAX_TOUCHPOINT_BYTES = 512 * 1024
-"""Size of one input record's value (Avro, framing included). A touchpoint within every field
-bound below encodes to under 300 KB; beyond this, the record is refused before it is decoded.
+"""Size of one input record's value (Avro, framing included) and headers together: a re-keyed
+copy carries both. A touchpoint within every field bound below encodes to under 300 KB; beyond
+this, the record is refused before it is decoded.
 Half of Kafka's default 1 MB leaves room for headers and for the stored state a dead letter may
 carry."""
 

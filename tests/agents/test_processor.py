@@ -348,3 +348,15 @@ def test_every_dead_letter_class_is_documented() -> None:
     for error_class in classes:
         assert f"| `{error_class}` |" in table, error_class
     assert table.count("\n| `") == len(classes) + 1  # the header row, and nothing else
+
+
+def test_headers_count_towards_the_size_of_a_touchpoint() -> None:
+    """A re-keyed touchpoint carries its headers: a small value under a megabyte of headers
+    would make that send fail."""
+    value = CODECS.touchpoint.encode(tp("e", "page_view", ms(T0)))
+    limit = SETTINGS.limits.max_touchpoint_bytes
+    fits = [("h", b"x" * (limit - len(value) - 1))]
+    assert PROCESSOR.decode(value, None, fits)["event_id"] == "e"
+    assert PROCESSOR.decode(value, None, {"h": None})["event_id"] == "e"
+    with pytest.raises(Rejected, match="bytes of value and headers"):
+        PROCESSOR.decode(value, None, [("h", b"x" * (limit - len(value)))])

@@ -130,14 +130,20 @@ class OutputProducer:
 
     async def _quarantine(self, out: Outgoing, error: str, position: Position | None) -> None:
         """Send a record refused for its size to the dead-letter topic instead, cut to fit. A
-        dead letter refused for its size is sent again cut to ``LAST_RESORT_BYTES`` (the
-        dead-letter limit is set higher than this broker takes); refused again, dropped."""
+        dead letter refused for its size is sent again cut to the dead-letter limit (headers
+        added after it was made, such as a quarantine's stored state, may have grown it), then
+        to ``LAST_RESORT_BYTES`` (the limit is set higher than this broker takes); refused
+        again, it is dropped."""
         if out.topic == self._dlq:
-            if record_size(out) <= LAST_RESORT_BYTES:
+            size = record_size(out)
+            if size > self._dead_letter_limit:
+                dead = fit(out, self._dead_letter_limit)
+            elif size > LAST_RESORT_BYTES:
+                dead = fit(out, LAST_RESORT_BYTES)
+            else:
                 self._drop(out.topic, error)
                 return
             log.error("a dead letter was refused (%s): sent again cut to fit", error)
-            dead = fit(out, LAST_RESORT_BYTES)
             await self.send(dead.topic, dead.key, dead.value, dead.headers)
             return
         size = len(out.value or b"")

@@ -251,3 +251,31 @@ def test_a_dead_letter_refused_even_cut_to_fit_is_dropped_not_a_crash_loop(
     output = asyncio.run(scenario())
     assert (output.failed, output.dropped) == (0, 1)
     assert [r.value() for r in _read(settings, settings.topics.dlq, 0, 1)] == [b"small"]
+
+
+def test_a_dead_letter_grown_beyond_the_limit_by_its_headers_is_cut_to_the_limit(
+    settings_factory: Callable[..., Settings],
+) -> None:
+    """A quarantine adds the stored state as a header after the dead letter was made: refused
+    by librdkafka, it is sent again cut to the dead-letter limit, its value kept whole."""
+    settings = settings_factory()
+    _topic(settings, settings.topics.dlq, 1)
+    value, stored = os.urandom(300_000), os.urandom(900_000)
+
+    async def scenario() -> OutputProducer:
+        output = OutputProducer(settings)
+        headers = [("percorso.error.class", b"CorruptState")]
+        headers.append(("percorso.error.stored_state", stored))
+        await output.send(settings.topics.dlq, b"c:k", value, headers)
+        await output.flush()
+        return output
+
+    output = asyncio.run(scenario())
+    assert (output.failed, output.dropped) == (0, 0)
+    [dead] = _read(settings, settings.topics.dlq, 0, 1)
+    headers = dict(dead.headers())
+    assert dead.value() == value
+    assert headers["percorso.error.class"] == b"CorruptState"
+    assert headers["percorso.error.stored_state"] == stored[:4096]
+    assert headers["percorso.error.stored_state.original_size"] == b"900000"
+    assert headers["percorso.error.truncated"] == b"true"

@@ -61,6 +61,70 @@ PROCESSING_BUCKETS = (
 )
 
 
+class Tally:
+    """What one batch did, counted in plain dicts and applied to the Prometheus metrics once per
+    batch (``Metrics.apply``): label look-ups and lock round trips per batch, not per record.
+    Histogram observations are kept per action or window (each has its own latency)."""
+
+    __slots__ = (
+        "actions",
+        "dead_letters",
+        "deferred",
+        "event_to_action",
+        "records",
+        "suppressed",
+        "ticks",
+        "touchpoints",
+        "transitions",
+        "window_lateness",
+        "windows",
+    )
+
+    def __init__(self) -> None:
+        self.touchpoints: dict[tuple[str, str], int] = {}
+        self.dead_letters: dict[str, int] = {}
+        self.transitions: dict[tuple[str, str, str], int] = {}
+        self.actions: dict[tuple[str, str, str], int] = {}
+        self.suppressed: dict[tuple[str, str, str], int] = {}
+        self.deferred = 0
+        self.windows = [0, 0, 0]  # armed, cancelled, fired
+        self.event_to_action: list[float] = []
+        self.window_lateness: list[float] = []
+        self.ticks = 0
+        self.records = 0
+
+    def touchpoint(self, channel: str, outcome: str) -> None:
+        key = (channel, outcome)
+        self.touchpoints[key] = self.touchpoints.get(key, 0) + 1
+
+    def dead_letter(self, error_class: str) -> None:
+        self.dead_letters[error_class] = self.dead_letters.get(error_class, 0) + 1
+
+    def step(self, step: Step, now_ms: int, touchpoint: dict[str, Any] | None) -> None:
+        """Everything one engine step tells: transitions, actions, policies, windows."""
+        if step.transitions:
+            for t in step.transitions:
+                k3 = (t["journey_id"], t["from_stage"] or "none", t["to_stage"])
+                self.transitions[k3] = self.transitions.get(k3, 0) + 1
+        if step.actions:
+            for a in step.actions:
+                k3 = (a["journey_id"], a["action"], a["channel"])
+                self.actions[k3] = self.actions.get(k3, 0) + 1
+                if touchpoint is not None and a["trigger_kind"] == "event":
+                    self.event_to_action.append(max(0, now_ms - touchpoint["occurred_at"]) / 1000)
+        if step.suppressed:
+            for s in step.suppressed:
+                k3 = (s.journey_id, s.action, s.reason)
+                self.suppressed[k3] = self.suppressed.get(k3, 0) + 1
+        self.deferred += step.deferred
+        w = self.windows
+        w[0] += step.windows_armed
+        w[1] += step.windows_cancelled
+        w[2] += step.windows_fired
+        for deadline in step.fired_at:
+            self.window_lateness.append(max(0, now_ms - deadline) / 1000)
+
+
 class Metrics:
     def __init__(
         self, registry: CollectorRegistry | None = None, channels: Iterable[str] = ()
@@ -138,7 +202,7 @@ class Metrics:
         )
         self.processing = Histogram(
             "percorso_event_processing_seconds",
-            "Time to process one record in the agent.",
+            "Time to process one record: the mean over a fetched batch, one observation per batch.",
             buckets=PROCESSING_BUCKETS,
             registry=r,
         )
@@ -193,7 +257,9 @@ class Metrics:
         self.state_bytes = Gauge(
             "percorso_state_bytes", "Size of this worker's RocksDB state on disk.", registry=r
         )
-        self.ticks = Counter("percorso_ticks_total", "Wake-up ticks processed.", registry=r)
+        self.ticks = Counter(
+            "percorso_ticks_total", "Rounds of due wake-ups fired, per partition.", registry=r
+        )
         self.offset_gaps = Counter(
             "percorso_input_offset_gaps_total",
             "Times a partition's next record came after a jump in offsets. Transactional "
@@ -210,25 +276,38 @@ class Metrics:
         self.touchpoints.labels(self.channel(channel), outcome).inc()
 
     def observe_step(self, step: Step, now_ms: int, touchpoint: dict[str, Any] | None) -> None:
-        """Everything one engine step tells: transitions, actions, policies, windows."""
-        for t in step.transitions:
-            self.transitions.labels(t["journey_id"], t["from_stage"] or "none", t["to_stage"]).inc()
-        for a in step.actions:
-            self.actions.labels(a["journey_id"], a["action"], a["channel"]).inc()
-            if touchpoint is not None and a["trigger_kind"] == "event":
-                self.event_to_action.observe(max(0, now_ms - touchpoint["occurred_at"]) / 1000)
-        for s in step.suppressed:
-            self.suppressed.labels(s.journey_id, s.action, s.reason).inc()
-        if step.deferred:
-            self.deferred.inc(step.deferred)
-        if step.windows_armed:
-            self.windows.labels("armed").inc(step.windows_armed)
-        if step.windows_cancelled:
-            self.windows.labels("cancelled").inc(step.windows_cancelled)
-        if step.windows_fired:
-            self.windows.labels("fired").inc(step.windows_fired)
-        for deadline in step.fired_at:
-            self.window_lateness.observe(max(0, now_ms - deadline) / 1000)
+        """One engine step's figures (the partition loop tallies whole batches instead)."""
+        tally = Tally()
+        tally.step(step, now_ms, touchpoint)
+        self.apply(tally)
+
+    def apply(self, tally: Tally, seconds: float | None = None) -> None:
+        """Add one batch's figures; ``seconds``: how long the batch took (its records share
+        it evenly in ``percorso_event_processing_seconds``)."""
+        channel = self.channel
+        for (ch, outcome), n in tally.touchpoints.items():
+            self.touchpoints.labels(channel(ch), outcome).inc(n)
+        for reason, n in tally.dead_letters.items():
+            self.dead_letters.labels(reason).inc(n)
+        for labels, n in tally.transitions.items():
+            self.transitions.labels(*labels).inc(n)
+        for labels, n in tally.actions.items():
+            self.actions.labels(*labels).inc(n)
+        for labels, n in tally.suppressed.items():
+            self.suppressed.labels(*labels).inc(n)
+        if tally.deferred:
+            self.deferred.inc(tally.deferred)
+        for event, n in zip(("armed", "cancelled", "fired"), tally.windows, strict=True):
+            if n:
+                self.windows.labels(event).inc(n)
+        for value in tally.event_to_action:
+            self.event_to_action.observe(value)
+        for value in tally.window_lateness:
+            self.window_lateness.observe(value)
+        if tally.ticks:
+            self.ticks.inc(tally.ticks)
+        if seconds is not None and tally.records:
+            self.processing.observe(seconds / tally.records)
 
     def census(self, counts: dict[tuple[str, str], int]) -> None:
         self.customers_in_stage.clear()

@@ -1,16 +1,20 @@
-"""Small fixes to faust-streaming that Percorso carries, each guarded by version and documented
-as an upstream candidate (docs/architecture.md lists them). Every one is idempotent: applying
-twice changes nothing. ``apply`` is called once, before the Faust app is built.
+"""The seam between Percorso and faust-streaming/aiokafka: every use of their private attributes
+is in this module, and it refuses to start on versions it was not tested with
+(``check_versions``). Fixes are guarded and idempotent (applying twice changes nothing);
+``apply`` is called once, before the Faust app is built, and ``handle_batches`` when the
+runtime registers its partition loop. docs/architecture.md lists them.
+
+- The consumer loop hands whole fetched batches of the runtime's topics to the runtime
+  (``handle_batches``), and the runtime checkpoints before faust's ``wait_empty`` on every
+  rebalance and shutdown (speed, and the commit protocol in one place).
 
 - ``ProducerBuffer.flush`` returns before the buffer is empty (durability).
 - ``seek_to_committed`` skips partitions without a committed offset, so records dropped from
   the stream buffers when recovery completes are never read again (durability).
-- ``Consumer._drain_messages`` runs every record through ``wait_first`` (several asyncio tasks
-  per record) even when handing it over does not block (speed).
 - The consumer's ``fetch_max_wait_ms`` is hardcoded (embedded broker only: latency).
 - End offsets for table recovery come from ListOffsets, which the embedded broker answers
   wrongly (embedded broker only: durability).
-- Faust's aiokafka producer (repartitioned touchpoints, ticks) is idempotent only inside
+- Faust's aiokafka producer is idempotent only inside
   transactions; on brokers that support it, it is idempotent with ``acks=all`` always, so a
   retried send cannot duplicate or reorder a partition's records (durability).
 """
@@ -20,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Coroutine, Generator
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import faust
 
@@ -60,7 +64,6 @@ def apply(
     check_versions()
     flush_producer_buffer_completely()
     seek_uncommitted_to_beginning()
-    drain_without_tasks()
     if fetch_max_wait_ms is not None:
         override_fetch_wait(fetch_max_wait_ms)
     if end_offsets_from_fetch is not None:
@@ -71,8 +74,8 @@ def apply(
 def idempotent_faust_producer(enabled: bool) -> None:
     """Faust configures aiokafka's producer with ``enable_idempotence`` only for exactly-once
     processing (``_settings_extra``). Percorso's at-least-once worker wants it anyway: a retried
-    produce must not duplicate or reorder the records of a partition (the repartition topic and
-    the ticks). Applying again with another value replaces the setting."""
+    produce must not duplicate or reorder the records of a partition (whatever faust sends
+    itself: its assignor's leader topic). Applying again with another value replaces the setting."""
     from faust.transport.drivers import aiokafka as driver
 
     producer = driver.Producer
@@ -225,111 +228,218 @@ def current_generation(app: Any, message: Any) -> bool:
     return bool(message.generation_id == app.consumer_generation_id)
 
 
-def drain_without_tasks() -> None:
-    """Two changes to ``Consumer._drain_messages``, the loop that hands fetched records to the
-    streams; everything else is faust's loop, unchanged.
+class BatchHandler(Protocol):
+    """Who takes whole fetched batches of some topics off faust's consumer loop."""
 
-    Speed: it hands every record over with ``wait_first(callback(message),
-    suspend_flow.wait())``: four asyncio tasks and an ``asyncio.wait`` per record, 28-40% of a
-    trivial agent's time. The ``wait_first`` is there so that a rebalance can interrupt a
-    hand-over blocked on a full stream buffer. Here the callback first runs inline; only if it
-    blocks does the rest go through ``wait_first`` as before, so the interruption is kept.
+    topics: frozenset[str]
 
-    Durability: records fetched before a rebalance are still handed over after it, when the
-    partition has been sought back to its committed offset. Such a stale record moves faust's
-    read offset past the records the seek is about to fetch again, and those are then dropped
-    as already read: they are never processed. A record is now handed over only while
-    aiokafka's position is still past it; otherwise the consumer has been sought back and the
-    record will come again. For the same reason, a record whose hand-over blocked does not
-    set faust's read offset if a seek happened meanwhile: the seek reset the read offset to
-    the committed one, and writing the record's offset over it would drop every re-fetched
-    record below it (seen after a restart with no committed offset: the whole partition up to
-    that record was skipped). Records of an earlier group generation are treated the same way
-    (``current_generation``)."""
+    async def on_batches(self, batches: dict[Any, list[Any]]) -> None:
+        """Fetched records of the handled topics, by TP (aiokafka ``ConsumerRecord`` lists)."""
+
+    async def on_idle(self) -> None:
+        """Called after every fetch round, records or not (timers, checkpoints)."""
+
+    async def before_wait_empty(self) -> None:
+        """Before faust waits for its streams to finish (on a rebalance and at shutdown)."""
+
+
+def handle_batches(app: Any, handler: BatchHandler) -> None:
+    """Hand the fetched records of ``handler.topics`` to ``handler`` a whole batch at a time,
+    and call it before faust's ``wait_empty`` (the point of every rebalance and shutdown where
+    faust commits what its streams finished). Records of other topics (the changelogs table
+    recovery reads) take faust's way."""
+    consumer_batch_loop()
+    app._percorso_batches = handler
+
+
+def _handler(consumer: Any) -> BatchHandler | None:
+    return cast(BatchHandler | None, getattr(consumer.app, "_percorso_batches", None))
+
+
+def consumer_batch_loop() -> None:
+    """Replace ``Consumer._drain_messages``, the loop that hands fetched records over, and
+    wrap ``Consumer.wait_empty``.
+
+    Faust hands every record over one at a time, as a ``Message``, through ``wait_first``
+    (several asyncio tasks per record) into a stream buffer that an agent reads with one
+    await per record. For the topics a ``BatchHandler`` takes, this loop calls it once per
+    fetch with the records aiokafka returned, by partition: the handler applies them
+    synchronously and acks nothing per record (it commits in its own checkpoints).
+
+    Durability rules kept from the per-record loop: a batch is handed over only if it was
+    fetched in the consumer group's current generation and aiokafka's position is still past
+    its last record; otherwise the partition has been sought back since (a rebalance, the seek
+    to committed offsets after recovery) and the records will be fetched again. Processing is
+    synchronous, so no seek can happen while a batch is applied.
+
+    Records of other topics (changelogs during table recovery) go through faust's own
+    per-record hand-over, unchanged, with the same position and generation checks."""
     from faust.transport import consumer as module
 
     cls = module.Consumer
-    if getattr(cls._drain_messages, "_percorso_inline", False):
+    if getattr(cls._drain_messages, "_percorso_batches", False):
         return
+    original_drain = cls._drain_messages
+    original_wait_empty = cls.wait_empty
     fetching = module.CONSUMER_FETCHING
 
+    async def wait_empty(self: Any) -> None:
+        handler = _handler(self)
+        if handler is not None:
+            await handler.before_wait_empty()
+        await original_wait_empty(self)
+
     async def _drain_messages(self: Any, fetcher: Any) -> None:  # pragma: no cover - faust's
+        handler = _handler(self)
+        if handler is None:
+            return cast(None, await original_drain(self, fetcher))
+        handled = handler.topics
         callback = self.callback
-        getmany = self.getmany
         consumer_should_stop = self._stopped.is_set
         fetcher_should_stop = fetcher._stopped.is_set
-        suspended = self.suspend_flow.is_set
-
         get_read_offset = self._read_offset.__getitem__
         set_read_offset = self._read_offset.__setitem__
         set_flag = self.diag.set_flag
         unset_flag = self.diag.unset_flag
-        commit_every = self._commit_every
-        acks_enabled_for = self.app.topics.acks_enabled_for
-
+        app = self.app
         position_of = position_reader(self)
-
-        yield_every = 100
-        num_since_yield = 0
-        sleep = asyncio.sleep
-
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
                 set_flag(fetching)
-                ait = cast(Any, getmany(timeout=1.0))
-                await self.sleep(0)
-                if not self.should_stop:
-                    async for tp, message in ait:
-                        num_since_yield += 1
-                        if num_since_yield > yield_every:
-                            await sleep(0)
-                            num_since_yield = 0
+                generation = app.consumer_generation_id
+                records, active = await self._wait_next_records(0.25)
+                if self.should_stop:
+                    break
+                if not self.flow_active:
+                    # records fetched as the flow stopped: seek back (faust's getmany does)
+                    if records:
+                        await self.perform_seek()
+                    unset_flag(fetching)
+                    await handler.on_idle()
+                    continue
+                mine: dict[Any, list[Any]] = {}
+                for tp, batch in (records or {}).items():
+                    if not batch or (
+                        active is not None
+                        and tp not in active
+                        and tp not in self._buffered_partitions
+                    ):
+                        continue
+                    if app.consumer_generation_id != generation:
+                        break  # a rebalance happened meanwhile: everything comes again
+                    if not still_ahead(position_of(tp), batch[-1].offset):
+                        continue  # sought back since it was fetched: it comes again
+                    if tp.topic in handled:
+                        mine[tp] = batch
+                        continue
+                    for record in batch:  # faust's way, one message at a time
+                        message = self._to_message(tp, record)
                         offset = message.offset
-                        if not still_ahead(position_of(tp), offset):
-                            continue  # sought back since it was fetched: it comes again
-                        if not current_generation(self.app, message):
-                            continue  # fetched before a rebalance: it comes again
+                        if not (
+                            still_ahead(position_of(tp), offset)
+                            and current_generation(app, message)
+                        ):
+                            break
                         r_offset = get_read_offset(tp)
                         if r_offset is None or offset >= r_offset:
-                            gap = offset - (r_offset or 0)
-                            if gap > 1 and r_offset and acks_enabled_for(message.topic):
-                                await self._add_gap(tp, r_offset + 1, offset)
-                            if commit_every is not None and self._n_acked >= commit_every:
-                                self._n_acked = 0
-                                await self.commit()
-                            if suspended():
-                                await self.wait_first(callback(message), self.suspend_flow.wait())
-                            else:
-                                done, rest = start_inline(callback(message))
-                                if not done:
-                                    await self.wait_first(rest, self.suspend_flow.wait())
+                            done, rest = start_inline(callback(message))
+                            if not done:
+                                await self.wait_first(rest, self.suspend_flow.wait())
                             if still_ahead(position_of(tp), offset) and current_generation(
-                                self.app, message
+                                app, message
                             ):
                                 set_read_offset(tp, offset)
-                            # else: sought back while it was handed over (a rebalance); the
-                            # seek set the read offset, which this one must not overwrite.
-                        else:
-                            self.log.dev("DROPPED MESSAGE ROFF %r", offset)
-                    unset_flag(fetching)
+                if mine and app.consumer_generation_id == generation:
+                    await handler.on_batches(mine)
+                unset_flag(fetching)
+                await handler.on_idle()
         except self.consumer_stopped_errors:
             if self.transport.app.should_stop:
                 self.log.info("Broker stopped consumer, shutting down...")
-                return
+                return None
             raise
         except asyncio.CancelledError:
             if self.transport.app.should_stop:
                 self.log.info("Consumer shutting down for user cancel.")
-                return
+                return None
             raise
         except Exception as exc:
             self.log.exception("Drain messages raised: %r", exc)
             raise
         finally:
             unset_flag(fetching)
+        return None
 
-    _drain_messages._percorso_inline = True  # type: ignore[attr-defined]
+    _drain_messages._percorso_batches = True  # type: ignore[attr-defined]
     cls._drain_messages = _drain_messages  # type: ignore[method-assign]
+    cls.wait_empty = wait_empty  # type: ignore[method-assign]
+
+
+# -- reads and writes of faust and aiokafka state the runtime needs ---------------------------
+
+
+def highwater(app: Any, topic: str, partition: int) -> int | None:
+    """The partition's high watermark from the last fetch response; None while unknown (also
+    while aiokafka has not caught up with a new assignment, where it asserts)."""
+    from faust.types import TP
+
+    try:
+        value = app.consumer.highwater(TP(topic, partition))
+    except AssertionError:
+        return None
+    return None if value is None or value < 0 else int(value)
+
+
+def position(app: Any, topic: str, partition: int) -> int | None:
+    """aiokafka's position of a partition: the offset of the next record it returns (None:
+    unknown, being reset, or not assigned). Every record before it has been handed over."""
+    from faust.types import TP
+
+    try:
+        return cast(int | None, position_reader(app.consumer)(TP(topic, partition)))
+    except AttributeError:  # the consumer thread is not started
+        return None
+
+
+def committed_offset(app: Any, topic: str, partition: int) -> int | None:
+    """The group's committed offset of a partition as faust last saw it (seek or commit)."""
+    from faust.types import TP
+
+    committed = getattr(app.consumer, "_committed_offset", {})
+    value = committed.get(TP(topic, partition))
+    return None if value is None else int(value)
+
+
+async def commit(app: Any, offsets: dict[tuple[str, int], int]) -> bool:
+    """Commit offsets for the consumer group through faust's consumer (which commits only
+    partitions still assigned, and keeps its own bookkeeping of what was committed)."""
+    from faust.types import TP
+
+    return bool(
+        await app.consumer._commit_offsets(
+            {TP(topic, partition): offset for (topic, partition), offset in offsets.items()}
+        )
+    )
+
+
+def flow_active(app: Any) -> bool:
+    """Whether faust lets records flow (not during a rebalance or before recovery ends)."""
+    return bool(getattr(app.consumer, "flow_active", False))
+
+
+def partition_db(table: Any, partition: int) -> Any:
+    """The RocksDB database of one partition of a ``rocksdb://`` table (faust keeps one per
+    partition, opened on first use)."""
+    db_for_partition = getattr(table.data, "_db_for_partition", None)
+    if db_for_partition is None:
+        raise RuntimeError("the state table needs faust's RocksDB store (rocksdb://)")
+    return db_for_partition(partition)
+
+
+def producer_metadata_refresh(app: Any) -> Any:
+    """A coroutine function that refreshes the metadata of faust's aiokafka producer."""
+    ensure = getattr(app.producer, "_ensure_producer", None)
+    return None if ensure is None else ensure().client.force_metadata_update
 
 
 def override_fetch_wait(fetch_max_wait_ms: int) -> None:

@@ -1,67 +1,74 @@
 """What a worker does with one record, without Faust or Kafka: decode, validate, advance the
-engine, and say what to send and what to store. The Faust agent (``agents/app.py``) only moves
-bytes between this and Kafka, so this part is unit-tested directly.
+engine, and say what to send and what to store. The partition loop (``agents.partition``) only
+moves records between this, the partition's state (``agents.store``) and the producer, so this
+part is unit-tested directly.
 
-One table (``state``) holds three kinds of keys, so that all writes of a partition go to one
+One table (``state``) holds two kinds of keys, so that all writes of a partition go to one
 changelog partition, in order (what is durable is always a prefix of what was written):
 
-- ``c:<customer>``: the customer's stored value: ``b"\\x01"`` + the due time the customer is
-  indexed under (8 bytes, big-endian, -1 for none) + the lengths of the stage summary and of the
-  state (4 bytes each) + the stage summary (``journey=stage`` of active journeys, for the
-  stage census without decoding Avro) + the Avro-framed ``CustomerState`` + the outbox
-  (``agents.outbox``) of its recent steps.
+- ``c:<customer>``: the customer's stored value (``agents.stored``): the due time the customer
+  is indexed under, the stage summary and the state.
 - ``d:PPPPP|DDDDDDDDDDDDD|<customer>``: the deadline index (partition, due time in ms), so one
   partition's due entries are a sorted range scan. Entries are hints: a wake-up that finds
   nothing due is a no-op, so one is written only when a customer's next due time moves *earlier*
   than the one it is indexed under (re-arming an inactivity window on every touchpoint costs
-  nothing), and deleted only after the state it refers to was written.
-- ``t:<topic>|PPPPP|OOOOOOOOOOOOOOOOOOOO|<chunk>``: the customers a tick gave outputs to, written
-  before their states, so reprocessing that tick after a crash finds their outboxes.
+  nothing). The partition's checkpoint writes new entries before the states and removes fired
+  ones after them, so a crash can leave an extra entry, never a state without its entry.
 """
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from agents.outbox import Entry, Outgoing, Position, outputs_for, prune
-from agents.outbox import decode as decode_outbox
-from agents.outbox import encode as encode_outbox
+from agents import stored as stored_codec
+from agents.stored import CorruptValue, Customer
 from journeys.engine import Engine, Step, Tick
-from journeys.serde import decode_state, encode_state
-from journeys.state import CustomerState
 from percorso.clients import Codecs
 from percorso.codec import SerializationError
 from percorso.config import Settings
 from percorso.limits import ENV
 from percorso.records import FutureEvent, InvalidTouchpoint, check_event_time, validate_touchpoint
 
-_ENVELOPE = struct.Struct(">bqII")
-_ENVELOPE_VERSION = 1
-NO_DUE = -1
-
 # Dead-letter error classes (header percorso.error.class)
 UNDECODABLE = "SerializationError"
 INVALID = "InvalidTouchpoint"
 LATE = "LateEvent"
 FUTURE = "FutureEvent"  # dated further ahead of the worker's clock than the allowed skew
-STATE_TOO_LARGE = "StateTooLarge"  # applying it would take the stored value beyond the limit
+STATE_TOO_LARGE = "StateTooLarge"  # a customer's stored value beyond the limit, not written
 OUTPUT_TOO_LARGE = "OutputTooLarge"  # an output the broker refused as too large, cut to fit
 CORRUPT_STATE = "CorruptState"  # the customer's stored value cannot be decoded
 ENGINE_ERROR = "EngineError"  # the engine raised on this customer and this input
 
 
+@dataclass(frozen=True)
+class Outgoing:
+    """One record to send."""
+
+    topic: str
+    key: bytes | None
+    value: bytes | None  # None: a null value (a dead letter of a null record)
+    headers: list[tuple[str, bytes]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where a message was read."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
 @dataclass
 class Applied:
-    """The result of one engine step, ready for the agent to store and send."""
+    """The result of one engine step, ready for the partition loop to store and send."""
 
     step: Step
-    stored: bytes  # the new value of the customer in the state table
+    customer: Customer  # the customer's new value (kept decoded until the checkpoint)
     outgoing: list[Outgoing]
     index_add: bytes | None  # a deadline-index key to write, if any
-    resend: list[Outgoing]  # what this same message caused before a crash: send it again
 
 
 class Rejected(Exception):
@@ -152,43 +159,6 @@ def parse_index_key(key: bytes) -> tuple[int, int, str]:
     return int(partition), int(due), customer.decode()
 
 
-def tick_pointer_prefix(source: Position) -> bytes:
-    return b"t:%s|%05d|%020d|" % (source.topic.encode(), source.partition, source.offset)
-
-
-def pack(state: CustomerState, indexed_due: int | None, outbox: list[Entry] | None = None) -> bytes:
-    encoded = encode_state(state)
-    stages = "\x1f".join(
-        f"{jid}={js['stage']}"
-        for jid, js in sorted(state["journeys"].items())
-        if js["active"] and js["stage"] is not None
-    ).encode()
-    due = NO_DUE if indexed_due is None else indexed_due
-    header = _ENVELOPE.pack(_ENVELOPE_VERSION, due, len(stages), len(encoded))
-    return header + stages + encoded + (encode_outbox(outbox) if outbox else b"")
-
-
-def unpack(stored: bytes) -> tuple[CustomerState, int | None, list[Entry]]:
-    version, due, stages_size, size = _ENVELOPE.unpack_from(stored)
-    if version != _ENVELOPE_VERSION:
-        raise ValueError(f"unknown customer-state envelope version {version}")
-    start = _ENVELOPE.size + stages_size
-    state = decode_state(stored[start : start + size])
-    return state, None if due == NO_DUE else due, decode_outbox(stored[start + size :])
-
-
-def stages_of(stored: bytes) -> list[tuple[str, str]]:
-    """(journey, stage) of the customer's active journeys, from the header alone; none for a
-    value that does not decode (it is quarantined when its customer is next processed)."""
-    try:
-        _, _, stages_size, _ = _ENVELOPE.unpack_from(stored)
-        blob = stored[_ENVELOPE.size : _ENVELOPE.size + stages_size].decode()
-        pairs = [item.split("=", 1) for item in blob.split("\x1f") if item]
-        return [(pair[0], pair[1]) for pair in pairs if len(pair) == 2]
-    except (struct.error, UnicodeDecodeError, ValueError):
-        return []
-
-
 class Processor:
     def __init__(self, settings: Settings, engine: Engine, codecs: Codecs) -> None:
         self.settings = settings
@@ -258,56 +228,46 @@ class Processor:
 
     # -- engine -----------------------------------------------------------------------------
 
+    def load(self, stored: bytes) -> Customer:
+        """A customer's stored value, decoded; Quarantined (``CorruptState``) if it does not."""
+        try:
+            return stored_codec.decode(stored)
+        except CorruptValue as exc:
+            raise Quarantined(
+                CORRUPT_STATE, f"the stored customer state cannot be decoded: {exc}", stored
+            ) from exc
+
     def apply(
         self,
-        stored: bytes | None,
+        customer: Customer | None,
         item: Mapping[str, Any] | Tick,
         now: int,
-        source: Position,
-        committed: Mapping[tuple[str, int], int] | None = None,
+        partition: int,
     ) -> Applied:
-        """Advance one customer. ``stored`` is its value in the state table (None: new);
-        ``source`` is where the message was read; ``committed`` maps (topic, partition) to the
-        committed offset, to prune outbox entries that can no longer be needed."""
+        """Advance one customer (None: new) by a touchpoint or a tick. The engine changes the
+        state in place: after a Quarantined (``EngineError``) the caller must not keep it."""
         try:
-            state, indexed_due, outbox = unpack(stored) if stored is not None else (None, None, [])
-        except Exception as exc:  # any decoding failure of our own stored bytes
-            raise Quarantined(
-                CORRUPT_STATE, f"the stored customer state cannot be decoded: {exc!r}", stored
-            ) from exc
-        resend = outputs_for(outbox, source)
-        try:
-            step = self.engine.advance(state, item, now)
+            step = self.engine.advance(customer.state if customer else None, item, now)
         except Exception as exc:  # the engine is pure: its exceptions are about this input
             raise Quarantined(
-                ENGINE_ERROR, f"the engine failed on this customer: {exc!r}", stored
+                ENGINE_ERROR,
+                f"the engine failed on this customer: {exc!r}",
+                stored_codec.encode(customer) if customer is not None else None,
             ) from exc
-        customer_id = step.state["customer_id"]
+        indexed_due = customer.indexed_due if customer is not None else None
         if isinstance(item, Tick) and indexed_due is not None and indexed_due <= item.at:
             indexed_due = None  # that wake-up has been consumed by this tick
         index_add = None
         due = step.next_due
         if due is not None and (indexed_due is None or due < indexed_due):
-            index_add = index_key(source.partition, due, customer_id)
+            index_add = index_key(partition, due, step.state["customer_id"])
             indexed_due = due
-        outgoing = self.outputs(step)
-        outbox = prune(outbox, committed or {})
-        if outgoing:
-            outbox = [e for e in outbox if e.source != source]
-            outbox.append(Entry.of(source, outgoing))
-        packed = pack(step.state, indexed_due, outbox)
-        limit = self.limits.max_state_bytes
-        if len(packed) > limit and not isinstance(item, Tick):
-            # refused before anything is sent or stored: the customer stays as it was. A tick
-            # only fires and removes what a touchpoint stored, so its result is always kept.
-            raise Quarantined(
-                STATE_TOO_LARGE,
-                f"applying this touchpoint would make the customer's stored value "
-                f"{len(packed)} bytes, more than {limit} "
-                f"(limit max_state_bytes, {ENV['max_state_bytes']})",
-                None,
-            )
-        return Applied(step, packed, outgoing, index_add, resend)
+        if customer is None:
+            customer = Customer(step.state, indexed_due)
+        else:
+            customer.state = step.state
+            customer.indexed_due = indexed_due
+        return Applied(step, customer, self.outputs(step), index_add)
 
     def outputs(self, step: Step) -> list[Outgoing]:
         key = step.state["customer_id"].encode()

@@ -6,17 +6,16 @@ microseconds of the event loop's thread instead of the futures, partitioner and 
 bookkeeping aiokafka runs there (about a fifth of a worker's time, measured in
 docs/performance.md), and librdkafka batches, compresses and sends from its own threads.
 
-Durability: Faust flushes its producer before every offset commit, on a rebalance and at
-shutdown. ``attach`` makes that flush also wait for this producer, so an input offset is
-committed only after everything its records caused was delivered. A record that cannot be
-delivered (librdkafka has retried it until ``message.timeout.ms``) fails that flush, so the
-commit does not happen and the worker stops: the records are processed again on restart,
+Durability: the checkpoint (``agents.checkpoint``) flushes it before it commits offsets, so an
+input offset is committed only after everything its records caused was delivered. A record that
+cannot be delivered (librdkafka has retried it until ``message.timeout.ms``) fails that flush, so
+the commit does not happen and the worker stops: the records are processed again on restart,
 instead of being lost quietly.
 
-Except a record refused for its size (``MSG_SIZE_TOO_LARGE``, by librdkafka when it is sent or by
-the broker later): sending it again would be refused again, so stopping would only crash-loop
-the worker on the same offset. Such a record is quarantined instead: a copy cut to fit
-(``agents.processor.fit``) goes to the dead-letter topic with ``percorso.error.class:
+Except a record refused for its size (``MSG_SIZE_TOO_LARGE``, by librdkafka when it is produced or
+by the broker later): producing it again would be refused again, so stopping would only
+crash-loop the worker on the same offset. Such a record is quarantined instead: a copy cut to
+fit (``agents.processor.fit``) goes to the dead-letter topic with ``percorso.error.class:
 OutputTooLarge``, the topic it was meant for and the position of the input being processed, and
 the worker goes on. The limits (``percorso.limits``) keep valid input from ever getting there.
 """
@@ -30,12 +29,13 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
 
-from agents.outbox import Outgoing, Position
-from agents.processor import OUTPUT_TOO_LARGE, fit, record_size
+from agents.processor import OUTPUT_TOO_LARGE, Outgoing, Position, fit, record_size
 from percorso import clients
 from percorso.config import Settings
 
 log = logging.getLogger("percorso.agents")
+
+QUEUE_MAX_MESSAGES = 200_000
 
 Delivered = Callable[[str, int, int], None]  # topic, partition, offset
 TOO_LARGE = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE})
@@ -52,14 +52,14 @@ class OutputProducer:
             settings,
             **{
                 "linger.ms": 5,  # batches outputs and changelog records, bounds latency
-                "queue.buffering.max.messages": 200_000,
+                "queue.buffering.max.messages": QUEUE_MAX_MESSAGES,
                 **overrides,
             },
         )
         self.failed = 0
         self.quarantined = 0  # records refused for their size, sent to the DLQ cut to fit
         self.dropped = 0  # ... whose dead letter was refused too
-        self.position: Position | None = None  # the input being processed (set by the agent)
+        self.position: Position | None = None  # the input being processed (set by its loop)
         self.on_quarantined: Callable[[], None] | None = None
         self._dlq = settings.topics.dlq
         self._dead_letter_limit = settings.limits.max_dead_letter_bytes
@@ -72,7 +72,7 @@ class OutputProducer:
         """Records not yet delivered (or whose delivery report was not served yet)."""
         return len(self._producer)
 
-    async def send(
+    def produce(
         self,
         topic: str,
         key: bytes | None,
@@ -81,18 +81,20 @@ class OutputProducer:
         partition: int | None = None,
         on_delivery: Delivered | None = None,
     ) -> None:
-        """Queue a record. Records of one partition are delivered in the order they are sent
-        (idempotent producer). Waits, serving delivery reports, while librdkafka's queue is
-        full."""
+        """Queue a record, without awaiting. Records of one partition are delivered in the order
+        they are produced (idempotent producer). While librdkafka's queue is full, serves
+        delivery reports, blocking for a few milliseconds at a time: back-pressure on the
+        loop that produces."""
         if self._refused:
-            await self._quarantine_refused()
-        sequence = 0  # set once librdkafka has taken the record
+            self._quarantine_refused()
+        sequence = self._sent + 1
+        outstanding = self._outstanding
         position = self.position
 
         def report(err: Any, msg: Any) -> None:
-            del self._outstanding[sequence]
+            del outstanding[sequence]
             if err is not None:
-                if err.code() in TOO_LARGE:
+                if err.code() in TOO_LARGE:  # quarantined at the next produce or flush
                     out = Outgoing(topic, key, value, list(headers or []))
                     self._refused.append((out, str(err), position))
                 else:
@@ -110,30 +112,29 @@ class OutputProducer:
                 self._producer.produce(topic, value, **kwargs)
                 break
             except BufferError:
-                self._producer.poll(0)
-                await asyncio.sleep(0.005)
+                self._producer.poll(0.005)
             except KafkaException as exc:
                 error = exc.args[0]
                 if error.code() not in TOO_LARGE:
                     raise
-                out = Outgoing(topic, key, value, list(headers or []))
-                await self._quarantine(out, str(error), position)
+                self._quarantine(
+                    Outgoing(topic, key, value, list(headers or [])), str(error), position
+                )
                 return
-        self._sent += 1
-        sequence = self._sent
-        self._outstanding[sequence] = None
+        self._sent = sequence
+        outstanding[sequence] = None
 
-    async def _quarantine_refused(self) -> None:
+    def _quarantine_refused(self) -> None:
         refused, self._refused = self._refused, []
         for out, error, position in refused:
-            await self._quarantine(out, error, position)
+            self._quarantine(out, error, position)
 
-    async def _quarantine(self, out: Outgoing, error: str, position: Position | None) -> None:
-        """Send a record refused for its size to the dead-letter topic instead, cut to fit. A
-        dead letter refused for its size is sent again cut to the dead-letter limit (headers
-        added after it was made, such as a quarantine's stored state, may have grown it), then
-        to ``LAST_RESORT_BYTES`` (the limit is set higher than this broker takes); refused
-        again, it is dropped."""
+    def _quarantine(self, out: Outgoing, error: str, position: Position | None) -> None:
+        """Produce a record refused for its size to the dead-letter topic instead, cut to fit.
+        A dead letter refused for its size is produced again cut to the dead-letter limit
+        (headers added after it was made, such as a quarantine's stored state, may have grown
+        it), then to ``LAST_RESORT_BYTES`` (the limit is set higher than this broker takes);
+        refused again, it is dropped."""
         if out.topic == self._dlq:
             size = record_size(out)
             if size > self._dead_letter_limit:
@@ -143,14 +144,13 @@ class OutputProducer:
             else:
                 self._drop(out.topic, error)
                 return
-            log.error("a dead letter was refused (%s): sent again cut to fit", error)
-            await self.send(dead.topic, dead.key, dead.value, dead.headers)
+            log.error("a dead letter was refused (%s): produced again cut to fit", error)
+            self.produce(dead.topic, dead.key, dead.value, dead.headers)
             return
-        size = len(out.value or b"")
         log.error(
             "a record for %s (%s bytes) was refused (%s): quarantined to %s",
             out.topic,
-            size,
+            len(out.value or b""),
             error,
             self._dlq,
         )
@@ -170,7 +170,7 @@ class OutputProducer:
         self.quarantined += 1
         if self.on_quarantined is not None:
             self.on_quarantined()
-        await self.send(dead.topic, dead.key, dead.value, dead.headers)
+        self.produce(dead.topic, dead.key, dead.value, dead.headers)
 
     def _drop(self, topic: str, error: str) -> None:
         """A dead letter refused even when cut to ``LAST_RESORT_BYTES``: there is nowhere left
@@ -178,39 +178,42 @@ class OutputProducer:
         self.dropped += 1
         log.error("a dead letter for %s was refused (%s) and dropped", topic, error)
 
+    async def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: list[tuple[str, bytes]] | None = None,
+        partition: int | None = None,
+        on_delivery: Delivered | None = None,
+    ) -> None:
+        """``produce``, yielding to the event loop instead of blocking while the queue is
+        full."""
+        while len(self._producer) >= QUEUE_MAX_MESSAGES:
+            self._producer.poll(0)
+            await asyncio.sleep(0.005)
+        self.produce(topic, key, value, headers, partition, on_delivery)
+
     def serve(self) -> int:
         """Run the delivery reports that are ready (without waiting)."""
         return int(self._producer.poll(0))
 
     async def flush(self) -> None:
         """Wait until every record sent before this call is delivered; raise if one was not.
-        Records sent meanwhile (the agent keeps processing during a commit) are not waited
-        for: under steady load there would always be some, and the flush would never end."""
+        Records sent meanwhile (another task may produce during a flush) are not waited for:
+        under steady load there would always be some, and the flush would never end."""
         barrier = self._sent
         while self._outstanding and next(iter(self._outstanding)) <= barrier:
             self._producer.poll(0)
             await asyncio.sleep(0.001)
             if self._refused:  # their dead letters are part of what this flush waits for
-                await self._quarantine_refused()
+                self._quarantine_refused()
                 barrier = self._sent
         if self._refused:
-            await self._quarantine_refused()
+            self._quarantine_refused()
             await self.flush()
         if self._failure is not None:
             raise DeliveryFailed(self._failure)
-
-    def attach(self, faust_producer: Any, then: Callable[[], None] | None = None) -> None:
-        """Make the Faust producer's ``flush`` (awaited before every offset commit, on a
-        rebalance and at shutdown) wait for this producer too, then call ``then``."""
-        flush_faust = faust_producer.flush
-
-        async def flush() -> None:
-            await flush_faust()
-            await self.flush()
-            if then is not None:
-                then()
-
-        faust_producer.flush = flush
 
     def _failed(self, topic: str, err: Any) -> None:
         self.failed += 1

@@ -4,8 +4,10 @@ Scenarios, on the broker ``percorso/broker.py`` picks (a local Apache Kafka wher
 are present, else the embedded broker; KAFKA_BOOTSTRAP_SERVERS or PERCORSO_BROKER to choose);
 every result file records which broker it came from:
   throughput  Percorso with the shipped journeys vs. a trivial Faust agent, a Faust agent with
-              one table write per event, Quix Streams per-key state, a raw aiokafka consumer,
-              and the pure engine without Kafka: the same events, the same broker.
+              one table write per event, Quix Streams per-key state, Quix Streams running
+              Percorso's own engine (the headline ratio: the same work in the peer's runtime,
+              its outputs checked against the pure engine's), a raw aiokafka consumer, and the
+              pure engine without Kafka: the same events, the same broker.
   latency     event->action and event->transition percentiles at 25/50/75% of the max rate.
   lateness    fire time - deadline over many armed windows spread over time.
   recovery    SIGKILL a worker holding many customers: time to ready, with and without its
@@ -18,6 +20,10 @@ every result file records which broker it came from:
 
 ``python -m bench --quick`` uses small sizes (minutes); without it, the sizes of the
 performance targets (much longer). Results: a table on stdout and bench/results/<date>.json.
+The Quix Streams baselines run in their own virtualenv, bench/.quix-venv (Quix pins an older
+confluent-kafka than Percorso), created on first use with quixstreams and the packages
+Percorso's engine and codecs import (fastavro, PyYAML, jsonschema, at pyproject.toml's
+versions); the engine baseline imports Percorso from the repository, not from an install.
 """
 
 from __future__ import annotations
@@ -217,28 +223,64 @@ def run_baseline(command: list[str], env: dict[str, str], timeout: float = 3600)
     if not match:
         raise RuntimeError(f"{command[-1]} gave no result: {out.stdout[-500:]}{out.stderr[-2000:]}")
     n, first, last = int(match[1]), float(match[2]), float(match[3])
-    return {
+    result: dict[str, Any] = {
         "events": n,
         "seconds": round(last - first, 2),
         "events_per_s": round(n / max(1e-6, last - first), 1),
     }
+    outputs = re.search(r"BENCH-OUTPUTS ((?:\w+=\d+ ?)+)", out.stdout + out.stderr)
+    if outputs:  # what the baseline says it produced, checked against the broker by the caller
+        for pair in outputs[1].split():
+            name, count = pair.split("=")
+            result[name] = int(count)
+    return result
+
+
+QUIX_STREAMS = "quixstreams==3.28.1"
+# What bench/baselines/quix_engine.py imports of Percorso (codecs, records, journeys) needs
+# beyond the standard library, with the versions pyproject.toml declares. Percorso itself is
+# not installed there: the baseline runs from the repository (python -m, cwd = the repo).
+QUIX_ENGINE_PACKAGES = ("fastavro", "PyYAML", "jsonschema")
+
+
+def quix_requirements() -> list[str]:
+    """Quix Streams, plus Percorso's engine dependencies as pinned in pyproject.toml."""
+    import tomllib
+
+    declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    wanted = []
+    for name in QUIX_ENGINE_PACKAGES:
+        found = [d for d in declared if re.match(rf"{re.escape(name)}\b", d, re.IGNORECASE)]
+        if len(found) != 1:
+            raise RuntimeError(f"pyproject.toml declares {name} {len(found)} times, not once")
+        wanted.append(found[0])
+    return [QUIX_STREAMS, *wanted]
 
 
 def quix_python() -> str | None:
+    """The Quix Streams virtualenv (bench/.quix-venv): created on first use, and brought up to
+    date when the requirements change (they are recorded in it), so repeated runs are cheap."""
     python = QUIX_VENV / "bin" / "python"
+    recorded = QUIX_VENV / "bench-requirements.txt"
+    requirements = quix_requirements()
+    wanted = "\n".join(requirements) + "\n"
+    if python.exists() and recorded.exists() and recorded.read_text() == wanted:
+        return str(python)
     if not python.exists():
         log("creating the Quix Streams virtualenv (bench only) ...")
         subprocess.run([sys.executable, "-m", "venv", str(QUIX_VENV)], check=True)
-        install = subprocess.run(
-            [str(python), "-m", "pip", "install", "-q", "quixstreams==3.28.1"],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if install.returncode != 0:
-            log(f"Quix Streams unavailable: {install.stderr[-300:]}")
-            shutil.rmtree(QUIX_VENV, ignore_errors=True)
-            return None
+    log(f"installing into {QUIX_VENV.relative_to(REPO)}: {', '.join(requirements)}")
+    install = subprocess.run(
+        [str(python), "-m", "pip", "install", "-q", *requirements],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if install.returncode != 0:
+        log(f"Quix Streams unavailable: {install.stderr[-300:]}")
+        shutil.rmtree(QUIX_VENV, ignore_errors=True)
+        return None
+    recorded.write_text(wanted)
     return str(python)
 
 
@@ -270,11 +312,14 @@ def throughput(run: Run, sizes: Sizes, with_quix: bool) -> dict[str, Any]:
     engine = Engine(load_catalog(settings.journeys_dir))
     codec = clients.Codecs.from_settings(settings).touchpoint
     states: dict[str, Any] = {}
+    expected = {"transitions": 0, "actions": 0}  # what the touchpoints alone cause, no ticks
     began = time.perf_counter()
     for _, value in records:  # decode + engine, as the worker does, without Kafka
         tp = codec.decode(value)
         step = engine.advance(states.get(tp["customer_id"]), tp)
         states[tp["customer_id"]] = step.state
+        expected["transitions"] += len(step.transitions)
+        expected["actions"] += len(step.actions)
     for state in states.values():
         engine.advance(state, Tick(start + 8 * DAY))
     elapsed = time.perf_counter() - began
@@ -317,6 +362,7 @@ def throughput(run: Run, sizes: Sizes, with_quix: bool) -> dict[str, Any]:
             log(f"  Quix: {results['Quix Streams per-key state']['events_per_s']}/s")
         except RuntimeError as exc:
             results["Quix Streams per-key state"] = {"error": str(exc)[-300:]}
+        results[QUIX_ENGINE] = quix_engine(run, settings, python, base_env, len(records), expected)
 
     worker = Worker(run, settings).start()
     try:
@@ -325,11 +371,143 @@ def throughput(run: Run, sizes: Sizes, with_quix: bool) -> dict[str, Any]:
         log(f"  Percorso: {results['Percorso (shipped journeys)']['events_per_s']}/s")
     finally:
         worker.stop()
+    # After the stop (a graceful one flushes): every output the worker produced, ticks included
+    try:
+        results["Percorso (shipped journeys)"] |= produced(
+            settings, clients.Codecs.from_settings(settings)
+        )
+        log(f"  Percorso's outputs: {results['Percorso (shipped journeys)']['outputs']}")
+    except RuntimeError as exc:  # bookkeeping: the measured rate stands without it
+        results["Percorso (shipped journeys)"]["outputs_error"] = str(exc)[-300:]
+        log(f"  Percorso's outputs not read back: {exc}")
+    if (
+        "outputs" in results.get(QUIX_ENGINE, {})
+        and "outputs" in results["Percorso (shipped journeys)"]
+    ):
+        # The worker also fires windows from its ticks (this traffic is weeks old, so all of
+        # them are due): actions an event triggered are the ones both must agree on.
+        log(
+            "  actions triggered by an event: Percorso "
+            f"{results['Percorso (shipped journeys)']['outputs']['event_actions']}, "
+            f"{QUIX_ENGINE} {results[QUIX_ENGINE]['outputs']['event_actions']}"
+        )
     percorso = results["Percorso (shipped journeys)"]["events_per_s"]
     for r in results.values():
         if "events_per_s" in r:
             r["percorso_ratio"] = round(percorso / r["events_per_s"], 3)
     return results
+
+
+QUIX_ENGINE = "Quix Streams running Percorso's engine"
+HEADLINE = f"Percorso ÷ {QUIX_ENGINE}"
+
+
+def quix_engine(
+    run: Run,
+    settings: Settings,
+    python: str,
+    base_env: dict[str, str],
+    events: int,
+    expected: dict[str, int],
+) -> dict[str, Any]:
+    """The headline baseline (bench/baselines/quix_engine.py), on outputs of its own, checked:
+    it must process every event and produce what the pure engine says those events cause."""
+    app_id = run.name("quix-engine")
+    own = replace(
+        settings,
+        topics=TopicNames(
+            touchpoints=settings.topics.touchpoints,
+            actions_prefix=f"{app_id}-actions.",
+            transitions=f"{app_id}-transitions",
+            dlq=f"{app_id}-dlq",
+        ),
+    )
+    ensure_topics(clients.admin(own), percorso_topics(own))
+    env = {
+        **base_env,
+        "BENCH_APP_ID": app_id,
+        "BENCH_DATA": str(run.scratch / app_id),
+        "BENCH_TRANSITIONS": own.topics.transitions,
+        "BENCH_ACTIONS_PREFIX": own.topics.actions_prefix,
+        "BENCH_DLQ": own.topics.dlq,
+        "BENCH_CHANNELS": ",".join(own.action_channels),
+    }
+    try:
+        result = run_baseline([python, "-m", "bench.baselines.quix_engine"], env)
+        result |= produced(own, clients.Codecs.from_settings(own))
+        log(f"  {QUIX_ENGINE}: {result['events_per_s']}/s; outputs {result['outputs']}")
+        problems = []
+        if result["events"] != events:
+            problems.append(f"processed {result['events']} of {events} events")
+        outputs = result["outputs"]
+        if not outputs["actions"] > 0:
+            problems.append("no action produced")
+        for kind in ("transitions", "actions"):
+            if not result.get(kind) == outputs[kind] == expected[kind]:
+                problems.append(
+                    f"{kind}: {result.get(kind)} emitted, {outputs[kind]} on the broker, "
+                    f"{expected[kind]} expected from the pure engine"
+                )
+        if problems:
+            raise RuntimeError("; ".join(problems))
+        result["expected_from_pure_engine"] = expected
+        return result
+    except RuntimeError as exc:
+        log(f"  {QUIX_ENGINE} failed: {exc}")
+        return {"error": str(exc)[-300:]}
+
+
+def produced(settings: Settings, codecs: clients.Codecs) -> dict[str, Any]:
+    """What is on a deployment's output topics: transitions and dead letters (counted from the
+    offsets), actions (read back and decoded, with how many of them an event triggered)."""
+    from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+
+    consumer = clients.consumer(settings, **{"group.id": f"{settings.app_id}-bench-outputs"})
+    try:
+        action_topics = sorted({settings.topics.actions(c) for c in settings.action_channels})
+        counts = {"transitions": 0, "actions": 0, "event_actions": 0, "dead_letters": 0}
+        ends: dict[tuple[str, int], int] = {}
+        for topic in (settings.topics.transitions, settings.topics.dlq, *action_topics):
+            md = consumer.list_topics(topic, timeout=10).topics[topic]
+            for p in md.partitions:
+                low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+                if topic == settings.topics.transitions:
+                    counts["transitions"] += high - low
+                elif topic == settings.topics.dlq:
+                    counts["dead_letters"] += high - low
+                elif high > low:
+                    ends[(topic, p)] = high
+        consumer.assign([TopicPartition(t, p, OFFSET_BEGINNING) for t, p in ends])
+        deadline = time.monotonic() + 120
+        while ends and time.monotonic() < deadline:
+            for msg in consumer.consume(10_000, timeout=1):
+                if msg.error():
+                    continue
+                counts["actions"] += 1
+                if codecs.action.decode(msg.value())["trigger_kind"] == "event":
+                    counts["event_actions"] += 1
+            for tp in consumer.position([TopicPartition(t, p) for t, p in ends]):
+                if tp.offset >= ends[(tp.topic, tp.partition)]:
+                    del ends[(tp.topic, tp.partition)]
+        if ends:
+            raise RuntimeError(f"could not read back the actions of {sorted(ends)}")
+        return {"outputs": counts}
+    finally:
+        consumer.close()
+
+
+def headline(throughput: dict[str, Any]) -> dict[str, Any]:
+    """Percorso ÷ Quix Streams running Percorso's engine: the same work, the same run."""
+    percorso = throughput.get("Percorso (shipped journeys)", {})
+    quix = throughput.get(QUIX_ENGINE, {})
+    if "events_per_s" not in percorso or "events_per_s" not in quix:
+        return {"label": HEADLINE, "ratio": None, "note": quix.get("error", "not measured")}
+    return {
+        "label": HEADLINE,
+        "ratio": round(percorso["events_per_s"] / quix["events_per_s"], 3),
+        "percorso_events_per_s": percorso["events_per_s"],
+        "baseline_events_per_s": quix["events_per_s"],
+    }
 
 
 def latency(run: Run, sizes: Sizes, max_rate: float) -> dict[str, Any]:
@@ -641,6 +819,12 @@ def table(results: dict[str, Any]) -> str:
                 lines.append(f"{label:40} {r['events_per_s']:>12,.0f} {r['percorso_ratio']:>11}")
             else:
                 lines.append(f"{label:40} {'n/a':>12} {r.get('error', '')[:40]}")
+    if "headline" in results:
+        h = results["headline"]
+        lines.append(
+            f"headline: {h['label']} = {h['ratio']}"
+            + (f" ({h['note'][:60]})" if h.get("note") else " (same run, same broker)")
+        )
     for label, r in results.get("latency", {}).items():
         a, t = r["event_to_action_s"], r["event_to_transition_s"]
         fmt = lambda v: f"{v * 1000:.0f} ms" if v is not None else "n/a"  # noqa: E731
@@ -685,7 +869,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("--quick", action="store_true", help="small sizes (minutes)")
     parser.add_argument("--only", default=",".join(ALL_SCENARIOS))
-    parser.add_argument("--no-quix", action="store_true", help="skip the Quix Streams baseline")
+    parser.add_argument("--no-quix", action="store_true", help="skip the Quix Streams baselines")
     parser.add_argument(
         "--max-rate",
         type=float,
@@ -753,6 +937,8 @@ def measure(
         max_rate = args.max_rate
         if "throughput" in wanted:
             results["throughput"] = throughput(run, sizes, not args.no_quix)
+            results["headline"] = headline(results["throughput"])
+            log(f"headline: {results['headline']}")
             max_rate = results["throughput"]["Percorso (shipped journeys)"]["events_per_s"]
         if "latency" in wanted:
             results["latency"] = latency(run, sizes, max_rate)

@@ -45,10 +45,10 @@ journey file, e.g. ``sku`` or ``topic``): the value becomes part of the window's
 instance id and of the trigger of every action the window causes."""
 
 MAX_STATE_BYTES = 512 * 1024
-"""Size of one customer's stored value (state, stage summary and outbox). The bounded
-collections keep a customer far below it (a few KB in the shipped journeys); a touchpoint that
-would take a customer beyond it is dead-lettered (``StateTooLarge``) and the state is kept as
-it was, so the changelog record always fits in a Kafka record."""
+"""Size of one customer's stored value (state and stage summary). The bounded collections keep
+a customer far below it (a few KB in the shipped journeys); a value beyond it is not written at
+the checkpoint: the customer keeps its last stored value and the value goes to the dead-letter
+topic (``StateTooLarge``), so the changelog record always fits in a Kafka record."""
 
 MAX_EVENT_SKEW_MS = 5 * 60_000
 """How far a touchpoint's ``occurred_at`` may be ahead of the worker's wall clock (clocks of

@@ -112,17 +112,6 @@ def internal_topics(
             delete,
             fixed_partitions=True,
         ),
-        TopicSpec(
-            f"{app}-ticks",
-            "internal",
-            "tick",
-            None,
-            partitions,
-            replication_factor,
-            {**delete, "retention.ms": str(3_600_000)},
-            delete,
-            fixed_partitions=True,
-        ),
         # faust names a table's changelog <app id>-<table>-changelog; compacted, kept forever
         TopicSpec(
             f"{app}-state-changelog",

@@ -10,8 +10,8 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
+from agents import stored as stored_values
 from agents.launcher import WorkerProcess
-from agents.processor import unpack
 from journeys.engine import Engine
 from journeys.loader import load_catalog
 from journeys.simulate import replay
@@ -54,7 +54,7 @@ def changelog_states(settings: Settings) -> dict[str, CustomerState]:
                 if not msg.error() and msg.key().startswith(b"c:"):
                     latest[msg.key()[2:].decode()] = msg.value()
                     idle = time.monotonic()
-        return {k: unpack(v)[0] for k, v in latest.items() if v}
+        return {k: stored_values.decode(v).state for k, v in latest.items() if v}
     finally:
         consumer.close()
 

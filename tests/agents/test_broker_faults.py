@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
 
-from agents.processor import unpack
+from agents import stored as stored_values
 from percorso import clients
 from percorso.broker import Broker, apache_kafka
 from percorso.config import Settings
@@ -287,7 +287,7 @@ def _local_states(data_dir: Path) -> dict[str, Any]:
             for key, value in db.items(from_key=b"c:"):
                 if not key.startswith(b"c:"):
                     break
-                states[key[2:].decode()] = unpack(value)[0]
+                states[key[2:].decode()] = stored_values.decode(value).state
         finally:
             db.close()
     return states

@@ -103,6 +103,7 @@ def test_patches_apply_once_and_mark_what_they_replaced() -> None:
     from faust.transport.producer import ProducerBuffer
 
     patches.apply(50)
+    patches.consumer_batch_loop()
     first = (
         ProducerBuffer.flush,
         driver.AIOKafkaConsumerThread.seek_to_committed,
@@ -110,6 +111,7 @@ def test_patches_apply_once_and_mark_what_they_replaced() -> None:
         driver.AIOKafkaConsumerThread._create_worker_consumer,
     )
     patches.apply(50)
+    patches.consumer_batch_loop()
     again = (
         ProducerBuffer.flush,
         driver.AIOKafkaConsumerThread.seek_to_committed,
@@ -119,7 +121,7 @@ def test_patches_apply_once_and_mark_what_they_replaced() -> None:
     assert first == again
     assert getattr(first[0], "_percorso_complete", False)
     assert getattr(first[1], "_percorso_seek_unset", False)
-    assert getattr(first[2], "_percorso_inline", False)
+    assert getattr(first[2], "_percorso_batches", False)
     assert getattr(first[3], "_percorso_fetch_wait", None) == 50
 
 

@@ -1,35 +1,35 @@
-"""The worker's decisions without Kafka: decoding, dead letters, outbox, deadline index."""
+"""The worker's decisions without Kafka: decoding, dead letters, the stored value, the
+deadline index, quarantine."""
 
 from __future__ import annotations
 
 import struct
 from dataclasses import replace
 
+import msgspec
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
-from agents.outbox import Entry, Outgoing, Position, decode, encode, outputs_for, prune
+from agents import stored
 from agents.processor import (
     CORRUPT_STATE,
     ENGINE_ERROR,
     MAX_KEPT_HEADER_BYTES,
     MAX_KEPT_KEY_BYTES,
-    STATE_TOO_LARGE,
+    Outgoing,
+    Position,
     Processor,
     Quarantined,
     Rejected,
     fit,
     index_key,
     index_range,
-    pack,
     parse_index_key,
     record_size,
-    stages_of,
-    unpack,
 )
+from agents.stored import Customer, stages_of
 from journeys.engine import Engine, Tick
 from journeys.loader import load_catalog
+from journeys.serde import encode_state
 from percorso.clients import Codecs
 from percorso.codec import LocalSchemaRegistry
 from percorso.config import Settings
@@ -57,6 +57,15 @@ def at(partition: int, offset: int, topic: str = "touchpoints") -> Position:
     return Position(topic, partition, offset)
 
 
+def version_1(state: dict, due: int | None, outbox: bytes = b"\x00\x00") -> bytes:
+    """A stored value as workers wrote it before the batch runtime: Avro state, then an
+    outbox (here: empty, or whatever bytes are given)."""
+    encoded = encode_state(state)  # type: ignore[arg-type]
+    stages = stored.stage_summary(state)  # type: ignore[arg-type]
+    header = struct.pack(">bqII", 1, -1 if due is None else due, len(stages), len(encoded))
+    return header + stages + encoded + outbox
+
+
 def test_decode_rejections_carry_their_class() -> None:
     with pytest.raises(Rejected) as garbage:
         PROCESSOR.decode(b"nope")
@@ -81,46 +90,25 @@ def test_dead_letter_keeps_the_bytes_and_says_why() -> None:
     }
 
 
-def test_reprocessing_after_a_crash_resends_what_was_lost() -> None:
-    """The state reached the changelog, its outputs did not: the same message again must send
-    them again (same action ids), not treat it as a harmless duplicate."""
-    survey = tp("s1", "survey_response", ms(T0), survey="nps", score="2")
-    first = PROCESSOR.apply(None, survey, 0, at(1, 7))
-    actions = [o for o in first.outgoing if o.topic.startswith("percorso.actions.")]
-    assert actions and first.resend == []
-    again = PROCESSOR.apply(first.stored, survey, 0, at(1, 7))
-    assert again.step.outcome == "duplicate" and again.outgoing == []
-    assert again.resend == first.outgoing
-    # a genuine duplicate (a producer retry at another offset) sends nothing
-    retry = PROCESSOR.apply(first.stored, survey, 0, at(1, 9))
-    assert retry.resend == [] and retry.outgoing == []
-
-
-def test_outbox_is_pruned_once_its_source_is_committed() -> None:
-    first = PROCESSOR.apply(None, tp("a", "cart_add", ms(T0)), 0, at(0, 5))
-    assert unpack(first.stored)[2]
-    later = PROCESSOR.apply(
-        first.stored,
-        tp("b", "page_view", ms(T0) + 1),
-        0,
-        at(0, 6),
-        committed={("touchpoints", 0): 6},
-    )
-    sources = [e.source for e in unpack(later.stored)[2]]
-    assert sources == ([at(0, 6)] if later.outgoing else [])  # offset 5 pruned
-
-
 def test_index_entries_only_when_the_next_due_moves_earlier() -> None:
-    cart = PROCESSOR.apply(None, tp("a", "cart_add", ms(T0)), 0, at(2, 1))
+    cart = PROCESSOR.apply(None, tp("a", "cart_add", ms(T0)), 0, 2)
     due = ms(T0) + 30 * MINUTE
     assert cart.index_add == index_key(2, due, "c1")
-    assert unpack(cart.stored)[1] == due
-    view = PROCESSOR.apply(cart.stored, tp("b", "page_view", ms(T0) + MINUTE), 0, at(2, 2))
+    assert cart.customer.indexed_due == due
+    view = PROCESSOR.apply(cart.customer, tp("b", "page_view", ms(T0) + MINUTE), 0, 2)
     assert view.index_add is None  # lifecycle re-armed later: the earlier entry still wakes us
-    fired = PROCESSOR.apply(view.stored, Tick(due), 0, at(2, 0, "percorso-ticks"))
+    fired = PROCESSOR.apply(view.customer, Tick(due), 0, 2)
     assert [a["action"] for a in fired.step.actions] == ["send_cart_reminder"]
     _, next_due, _ = parse_index_key(fired.index_add or b"d:x|0|y")
-    assert next_due == unpack(fired.stored)[1] == fired.step.next_due
+    assert next_due == fired.customer.indexed_due == fired.step.next_due
+
+
+def test_a_duplicate_sends_nothing() -> None:
+    survey = tp("s1", "survey_response", ms(T0), survey="nps", score="2")
+    first = PROCESSOR.apply(None, survey, 0, 1)
+    assert [o for o in first.outgoing if o.topic.startswith("percorso.actions.")]
+    again = PROCESSOR.apply(first.customer, survey, 0, 1)
+    assert again.step.outcome == "duplicate" and again.outgoing == []
 
 
 def test_index_keys_sort_by_partition_then_due() -> None:
@@ -137,58 +125,50 @@ def test_index_keys_sort_by_partition_then_due() -> None:
     assert [k for k in keys if low <= k < high] == keys[1:3]
 
 
-def test_envelope_round_trip() -> None:
-    step = PROCESSOR.apply(None, tp("a", "cart_add", ms(T0)), 0, at(0, 1))
-    state, due, outbox = unpack(step.stored)
-    assert pack(state, due, outbox) == step.stored
-    assert step.stored[:1] == b"\x01" and struct.unpack(">q", step.stored[1:9])[0] == due
-    assert stages_of(step.stored) == [("cart_recovery", "carted"), ("lifecycle", "consideration")]
+def test_stored_value_round_trip_and_header() -> None:
+    step = PROCESSOR.apply(None, tp("a", "cart_add", ms(T0)), 0, 0)
+    value = stored.encode(step.customer)
+    assert value[:1] == b"\x02" and struct.unpack(">q", value[1:9])[0] == step.customer.indexed_due
+    back = stored.decode(value)
+    assert back == step.customer
+    assert stored.encode(back) == value
+    assert stages_of(value) == [("cart_recovery", "carted"), ("lifecycle", "consideration")]
 
 
-blobs = st.binary(max_size=40)
-outgoing = st.builds(
-    Outgoing,
-    st.text(min_size=1, max_size=12),
-    st.none() | blobs,
-    blobs,
-    st.lists(st.tuples(st.text(max_size=8), blobs), max_size=3),
-)
-entries = st.lists(
-    st.builds(
-        Entry.of,
-        st.builds(Position, st.text(max_size=10), st.integers(0, 2**31 - 1), st.integers(0, 2**62)),
-        st.lists(outgoing, max_size=3).map(tuple),
-    ),
-    max_size=4,
-)
-
-
-@given(entries)
-def test_outbox_round_trip(items: list[Entry]) -> None:
-    assert decode(encode(items)) == items
-
-
-@given(entries, st.integers(0, 2**62))
-def test_prune_keeps_exactly_the_uncommitted(items: list[Entry], committed: int) -> None:
-    table = {(e.source.topic, e.source.partition): committed for e in items}
-    kept = prune(items, table)
-    assert all(e.source.offset >= committed for e in kept)
-    assert len(kept) == sum(1 for e in items if e.source.offset >= committed)
-    for e in kept:
-        assert all(o in outputs_for(kept, e.source) for o in e.outputs)
-
-
-def test_truncated_outbox_is_an_error() -> None:
-    data = encode([Entry.of(Position("t", 0, 1), [Outgoing("x", b"k", b"v")])])
-    with pytest.raises((ValueError, struct.error)):
-        decode(data[:-2])
+def test_values_written_before_the_batch_runtime_still_load() -> None:
+    """Version 1 (Avro and an outbox): the state and due time come back, the outbox is
+    ignored, and the next write is version 2."""
+    step = PROCESSOR.apply(None, tp("a", "cart_add", ms(T0), sku="S"), 0, 0)
+    state = step.customer.state
+    some_outbox = b"\x00\x01" + b"\x00\x00\x00\x01t" + b"\x00" * 12 + b"\x00\x00\x00\x00"
+    for outbox in (b"", b"\x00\x00", some_outbox):
+        old = version_1(state, 1234, outbox)
+        loaded = PROCESSOR.load(old)
+        assert loaded == Customer(state, 1234)
+        assert stages_of(old) == stages_of(stored.encode(loaded))
+    later = PROCESSOR.apply(
+        PROCESSOR.load(version_1(state, None)), tp("b", "page_view", ms(T0) + 1), 0, 0
+    )
+    assert later.step.outcome == "processed"
+    assert stored.encode(later.customer)[:1] == b"\x02"
 
 
 def test_a_stored_value_that_does_not_decode_is_quarantined_with_its_bytes() -> None:
-    good = PROCESSOR.apply(None, tp("e1", "cart_add", ms(T0), sku="S"), 0, at(0, 1)).stored
-    for corrupt in (b"garbage", good[:20], b"\x07" + good[1:], good[:-40]):
+    good = stored.encode(
+        PROCESSOR.apply(None, tp("e1", "cart_add", ms(T0), sku="S"), 0, 0).customer
+    )
+    other = msgspec.msgpack.encode({"customer_id": 7})  # MessagePack, not a CustomerState
+    wrong_shape = struct.pack(">bqII", 2, -1, 0, len(other)) + other
+    for corrupt in (
+        b"garbage",
+        good[:20],
+        b"\x07" + good[1:],
+        good[:-40],
+        good + b"x",
+        wrong_shape,
+    ):
         with pytest.raises(Quarantined) as info:
-            PROCESSOR.apply(corrupt, tp("e2", "page_view", ms(T0) + 1), 0, at(0, 2))
+            PROCESSOR.load(corrupt)
         assert info.value.error_class == CORRUPT_STATE
         assert info.value.stored == corrupt
     assert stages_of(b"garbage") == []
@@ -203,16 +183,17 @@ class FailingEngine(Engine):
         return super().advance(state, item, now)
 
 
-def test_an_engine_exception_is_quarantined_and_the_state_kept() -> None:
-    stored = PROCESSOR.apply(None, tp("e1", "cart_add", ms(T0), sku="S"), 0, at(0, 1)).stored
+def test_an_engine_exception_is_quarantined_with_the_stored_bytes() -> None:
+    customer = PROCESSOR.apply(None, tp("e1", "cart_add", ms(T0), sku="S"), 0, 0).customer
+    before = stored.encode(customer)
     failing = Processor(SETTINGS, FailingEngine(load_catalog(CATALOG_DIR)), CODECS)
     with pytest.raises(Quarantined) as info:
-        failing.apply(stored, tp("e2", "page_view", ms(T0) + 1), 0, at(0, 2))
+        failing.apply(customer, tp("e2", "page_view", ms(T0) + 1), 0, 0)
     assert info.value.error_class == ENGINE_ERROR
     assert "ZeroDivisionError" in str(info.value)
-    assert info.value.stored == stored
+    assert info.value.stored == before
     other = dict(tp("e3", "page_view", ms(T0) + 2), customer_id="c2")
-    assert failing.apply(None, other, T0, at(0, 3)).step.state["customer_id"] == "c2"
+    assert failing.apply(None, other, T0, 0).step.state["customer_id"] == "c2"
 
 
 # -- hostile input: limits, skew, dead letters that always fit -------------------------------
@@ -298,23 +279,6 @@ def test_a_large_header_is_cut_when_cutting_the_value_is_not_enough() -> None:
 def test_a_record_within_the_limit_is_left_alone() -> None:
     out = Outgoing("dlq", b"k", b"v", [("h", b"x")])
     assert fit(out, record_size(out)) is out
-
-
-def test_a_touchpoint_that_would_overgrow_the_state_is_refused_and_the_state_kept() -> None:
-    stored = PROCESSOR.apply(None, tp("e1", "cart_add", ms(T0), sku="S"), 0, at(0, 1)).stored
-    tight = Processor(
-        replace(SETTINGS, limits=replace(SETTINGS.limits, max_state_bytes=len(stored) + 10)),
-        PROCESSOR.engine,
-        CODECS,
-    )
-    with pytest.raises(Quarantined) as info:
-        tight.apply(stored, tp("e2", "page_view", ms(T0) + 1, note="n" * 200), 0, at(0, 2))
-    assert info.value.error_class == STATE_TOO_LARGE
-    assert "PERCORSO_MAX_STATE_BYTES" in str(info.value)
-    assert info.value.stored is None
-    # a tick only fires what is stored: its result is kept whatever its size
-    fired = tight.apply(stored, Tick(ms(T0) + 31 * MINUTE), 0, at(0, 0, "percorso-ticks"))
-    assert fired.step.outcome == "tick"
 
 
 @pytest.mark.parametrize("customer", ["a|b", "|", "x|0000000000099|y", "a:b=c", "ünï|cødé"])

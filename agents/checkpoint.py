@@ -1,0 +1,116 @@
+"""The commit protocol, in one place. Nothing else commits offsets or writes the state table.
+
+A checkpoint makes everything the partitions processed since the last one durable, in this
+order (each step starts only when the one before succeeded):
+
+1. The outputs (actions, transitions, dead letters, re-keyed touchpoints) were handed to the
+   producer while the records were processed.
+2. The producer is flushed: every one of them is delivered.
+3. Each key the partitions changed is produced to its changelog partition, once (a customer
+   value beyond the state limit is dead-lettered instead: ``PartitionProcessor.changes``).
+4. The producer is flushed again: every changelog record is delivered; their offsets are known.
+5. The input offsets are committed: all records before them are applied, and everything they
+   caused is durable.
+6. Each partition's RocksDB is written in one batch, with the changelog offset it now reflects.
+
+Why this order survives a crash anywhere: the state recorded in the changelog is never ahead of
+the outputs (step 2 before 3), so a record processed again either finds its effect in the
+restored state (a duplicate: nothing is sent twice) or recomputes and re-sends outputs that may
+have been delivered already (same deterministic ``action_id``: a duplicate for consumers to
+drop, never a new action). Offsets are committed only when all of it is durable (5 after 4),
+so no record is skipped. RocksDB is written last and only with delivered records, so the local
+store is always a prefix of the changelog; after a crash between 4 and 6, table recovery
+reads the rest from the changelog. A failure at any step leaves the partitions' transactions
+as they were, so the next checkpoint (or the one at a rebalance or shutdown) repeats it whole.
+
+A record that cannot be delivered fails the flush: the worker stops instead of committing past
+it, and the record is processed again on restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Protocol
+
+from agents.partition import PartitionProcessor
+
+log = logging.getLogger("percorso.agents")
+
+Offsets = dict[tuple[str, int], int]  # (topic, partition) -> next offset to read
+
+
+class Producing(Protocol):
+    def produce(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: list[tuple[str, bytes]] | None = None,
+        partition: int | None = None,
+        on_delivery: Callable[[str, int, int], None] | None = None,
+    ) -> None: ...
+
+    async def flush(self) -> None: ...
+
+
+class Checkpoint:
+    def __init__(
+        self,
+        producer: Producing,
+        commit: Callable[[Offsets], Awaitable[Any]],
+        changelog_topic: str,
+    ) -> None:
+        self.producer = producer
+        self.commit = commit
+        self.changelog_topic = changelog_topic
+        self.lock = asyncio.Lock()
+        self.committed: Offsets = {}  # what this worker committed last, per partition
+        self.runs = 0
+
+    async def run(self, partitions: Iterable[PartitionProcessor]) -> None:
+        async with self.lock:
+            await self._run(list(partitions))
+
+    async def _run(self, parts: list[PartitionProcessor]) -> None:
+        producer = self.producer
+        # 2. every output produced so far is delivered
+        await producer.flush()
+        # 3. the changed keys, once each, to their changelog partitions
+        delivered: dict[int, int] = {}
+
+        def on_delivery(topic: str, partition: int, offset: int) -> None:
+            if offset > delivered.get(partition, -1):
+                delivered[partition] = offset
+
+        changes: list[tuple[PartitionProcessor, list[tuple[bytes, bytes | None]]]] = []
+        for part in parts:
+            if part.store.dirty:
+                batch = part.changes()
+                changes.append((part, batch))
+                partition = part.partition
+                for key, value in batch:
+                    producer.produce(self.changelog_topic, key, value, None, partition, on_delivery)
+        # 4. every changelog record is delivered
+        if changes:
+            await producer.flush()
+        # 5. the offsets of everything applied
+        offsets: Offsets = {}
+        for part in parts:
+            for topic, offset in part.offsets.items():
+                tp = (topic, part.partition)
+                if self.committed.get(tp) != offset:
+                    offsets[tp] = offset
+        if offsets:
+            await self.commit(offsets)
+            self.committed.update(offsets)
+        # 6. the local stores, each in one batch with its changelog offset
+        for part, batch in changes:
+            part.store.write(batch, delivered.get(part.partition))
+        self.runs += 1
+
+    def forget(self, partitions: Iterable[int]) -> None:
+        """Partitions this worker no longer owns: a later owner commits them."""
+        gone = set(partitions)
+        self.committed = {tp: o for tp, o in self.committed.items() if tp[1] not in gone}

@@ -1,0 +1,318 @@
+"""The runtime in process (``agents.driver``): partition loop, state transactions on RocksDB,
+checkpoint and wake-ups, with failures injected at every step of the checkpoint and crashes
+between batches. The invariants are those of the broker crash tests: after any crash and a
+restart, the restored state equals the offline replay, every action of the replay was emitted,
+and nothing was emitted that the replay does not have (duplicates only repeat an
+``action_id``)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agents.driver import Driver, InjectedFailure
+from agents.processor import customer_key
+from agents.producer import DeliveryFailed
+from journeys.engine import Engine, Tick
+from journeys.loader import load_catalog
+from journeys.model import Catalog
+from journeys.simulate import replay
+from percorso.synthetic import SyntheticTraffic
+from tests.journeys.harness import CATALOG_DIR
+
+CATALOG: Catalog = load_catalog(CATALOG_DIR)
+EVENTS = SyntheticTraffic(customers=60, seed=11).take(1500)
+END = max(e["occurred_at"] for e in EVENTS) + 3 * 86_400_000  # every window has fallen due
+
+
+def oracle(events: list[dict[str, Any]], until: int) -> tuple[set[str], dict[str, Any]]:
+    ids: set[str] = set()
+    states: dict[str, Any] = {}
+    for step in replay(Engine(CATALOG), [dict(e) for e in events], until):
+        ids |= {a["action_id"] for a in step.actions}
+        states[step.state["customer_id"]] = step.state
+    return ids, states
+
+
+WANT_IDS, WANT_STATES = oracle(EVENTS, END)
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+def finish(driver: Driver) -> None:
+    """Apply everything, fire what is due at END, and make it durable."""
+    run(driver.run(END, max_records=50))
+    driver.fire(END)
+    run(driver.checkpoint_now())
+
+
+def check(driver: Driver) -> None:
+    emitted = [a["action_id"] for a in driver.actions()]
+    assert set(emitted) >= WANT_IDS, f"{len(WANT_IDS - set(emitted))} actions missing"
+    assert set(emitted) <= WANT_IDS, f"{len(set(emitted) - WANT_IDS)} actions not in the replay"
+    assert driver.changelog_states() == WANT_STATES
+    assert driver.states() == WANT_STATES
+    assert not driver.dead_letters()
+
+
+def test_streaming_in_process_equals_the_replay(tmp_path: Path) -> None:
+    assert len(WANT_IDS) > 50  # the traffic exercises journeys, windows included
+    driver = Driver(CATALOG, tmp_path)
+    driver.send(EVENTS)
+    finish(driver)
+    check(driver)
+    emitted = [a["action_id"] for a in driver.actions()]
+    assert len(emitted) == len(set(emitted))  # without a crash, nothing is sent twice
+    # each customer was encoded once per checkpoint, not once per touchpoint
+    changelog = sum(len(driver.log.read(driver.changelog, p)) for p in range(driver.partitions))
+    assert changelog < len(EVENTS)
+
+
+def test_unkeyed_touchpoints_are_rekeyed_through_the_repartition_topic(tmp_path: Path) -> None:
+    """Re-keyed touchpoints reach their partition a checkpoint later: a wall clock far ahead
+    would fire windows before them (in production ``window_grace_ms`` covers that delay), so
+    the clock stays at the start until all are applied, then moves to the end."""
+    driver = Driver(CATALOG, tmp_path)
+    driver.send(EVENTS, keyed=False)
+    run(driver.run(EVENTS[0]["occurred_at"], max_records=50))
+    driver.fire(END)
+    run(driver.checkpoint_now())
+    check(driver)
+    assert len(driver.log.topic(driver.repartition)) == len(EVENTS)
+
+
+@pytest.mark.parametrize("rounds", [1, 3, 7])
+@pytest.mark.parametrize("lose_local_state", [False, True])
+def test_a_crash_between_batches_loses_nothing(
+    tmp_path: Path, rounds: int, lose_local_state: bool
+) -> None:
+    driver = Driver(CATALOG, tmp_path)
+    driver.send(EVENTS)
+    for n in range(rounds):
+        driver.poll(END, max_records=40)
+        if n % 2 == 0:
+            run(driver.checkpoint_now())
+    driver.poll(END, max_records=40)  # applied, never checkpointed
+    driver.crash(lose_local_state=lose_local_state)
+    finish(driver)
+    check(driver)
+
+
+def _crash_in_checkpoint(driver: Driver, inject: Any) -> None:
+    driver.send(EVENTS)
+    for _ in range(4):
+        driver.poll(END, max_records=40)
+        run(driver.checkpoint_now())
+    driver.poll(END, max_records=40)
+    inject(driver)
+    with pytest.raises((InjectedFailure, DeliveryFailed)):
+        run(driver.checkpoint_now())
+    driver.crash()
+
+
+def _fail_flush(number: int, deliver: int = 0) -> Any:
+    def inject(driver: Driver) -> None:
+        driver.producer.fail_at["flush"] = driver.producer.calls["flush"] + number
+        driver.producer.deliver_before_failing = deliver
+
+    return inject
+
+
+def _fail_changelog_produce(after: int) -> Any:
+    def inject(driver: Driver) -> None:
+        driver.producer.fail_at["produce"] = driver.producer.calls["produce"] + 1 + after
+
+    return inject
+
+
+def _fail_commit(driver: Driver) -> None:
+    driver.fail_commit_at = driver.commits + 1
+
+
+class FailingWrites:
+    """A RocksDB whose batch write fails (a full disk)."""
+
+    def __init__(self, db: Any) -> None:
+        self.db = db
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.db, name)
+
+    def write(self, batch: Any) -> None:
+        raise InjectedFailure("write")
+
+
+def _fail_local_write(driver: Driver) -> None:
+    part = driver.parts[max(driver.parts, key=lambda p: driver.parts[p].store.dirty)]
+    part.store.db = FailingWrites(part.store.db)
+
+
+STEPS = {
+    "2: outputs not delivered": _fail_flush(1),
+    "2: some outputs delivered": _fail_flush(1, deliver=5),
+    "3: no changelog record produced": _fail_changelog_produce(0),
+    "3: some changelog records produced": _fail_changelog_produce(7),
+    "4: no changelog record delivered": _fail_flush(2),
+    "4: one changelog record delivered": _fail_flush(2, deliver=1),
+    "4: half the changelog records delivered": _fail_flush(2, deliver=30),
+    "5: commit failed": _fail_commit,
+    "6: local write failed": _fail_local_write,
+}
+
+
+@pytest.mark.parametrize("step", sorted(STEPS))
+def test_a_crash_at_any_step_of_the_checkpoint_loses_nothing(tmp_path: Path, step: str) -> None:
+    driver = Driver(CATALOG, tmp_path)
+    _crash_in_checkpoint(driver, STEPS[step])
+    finish(driver)
+    check(driver)
+
+
+def test_a_failed_step_leaves_the_transaction_for_the_next_checkpoint(tmp_path: Path) -> None:
+    """Without a crash, the checkpoint after a failed one does the whole work again."""
+    driver = Driver(CATALOG, tmp_path)
+    driver.send(EVENTS[:300])
+    driver.poll(END, max_records=1000)
+    dirty = sum(p.store.dirty for p in driver.parts.values())
+    assert dirty > 0
+    driver.fail_commit_at = driver.commits + 1
+    with pytest.raises(InjectedFailure):
+        run(driver.checkpoint_now())
+    assert sum(p.store.dirty for p in driver.parts.values()) == dirty
+    assert driver.committed == {}
+    run(driver.checkpoint_now())
+    assert sum(p.store.dirty for p in driver.parts.values()) == 0
+    assert sum(driver.committed.values()) == 300
+
+
+def test_a_window_is_woken_even_if_only_part_of_a_checkpoint_reached_the_changelog(
+    tmp_path: Path,
+) -> None:
+    """Index entries are produced before the states: whatever prefix of a checkpoint is
+    durable, a customer with a pending window has its entry."""
+    cart = [e for e in EVENTS if e["type"] == "cart_add"][:1]
+    assert cart
+    for deliver in range(0, 4):
+        driver = Driver(CATALOG, tmp_path / str(deliver))
+        driver.send(cart)
+        driver.poll(cart[0]["occurred_at"])
+        driver.producer.fail_at["flush"] = driver.producer.calls["flush"] + 2
+        driver.producer.deliver_before_failing = deliver
+        with pytest.raises(DeliveryFailed):
+            run(driver.checkpoint_now())
+        driver.crash()
+        run(driver.run(END))
+        driver.fire(END)
+        run(driver.checkpoint_now())
+        ids, states = oracle(cart, END)
+        assert {a["action_id"] for a in driver.actions()} == ids
+        assert driver.changelog_states() == states
+
+
+def test_wake_ups_wait_for_the_touchpoints_that_could_cancel_them(tmp_path: Path) -> None:
+    """Under backlog a partition fires only up to the latest event time applied on it."""
+    driver = Driver(CATALOG, tmp_path, partitions=1)
+    customer = EVENTS[0]["customer_id"]
+    mine = [e for e in EVENTS if e["customer_id"] == customer]
+    driver.send(mine)
+    driver.poll(END, max_records=1)
+    assert driver.safe_time(0, END) == mine[0]["occurred_at"]
+    run(driver.run(END, max_records=1))
+    assert driver.safe_time(0, END) == END
+
+
+def test_a_corrupt_stored_value_is_quarantined_and_the_customer_starts_afresh(
+    tmp_path: Path,
+) -> None:
+    driver = Driver(CATALOG, tmp_path, partitions=1)
+    first = [e for e in EVENTS if e["customer_id"] == EVENTS[0]["customer_id"]]
+    driver.log.append(driver.changelog, 0, customer_key(first[0]["customer_id"]), b"garbage")
+    driver.crash()  # the restart restores the garbage from the changelog
+    driver.send(first[:2])
+    run(driver.run(END))
+    (dead,) = driver.dead_letters()
+    headers = dict(dead.headers)
+    assert headers["percorso.error.class"] == b"CorruptState"
+    assert headers["percorso.error.stored_state"] == b"garbage"
+    # the second touchpoint applied to a fresh state
+    _, want = oracle(first[1:2], END)
+    state = driver.states()[first[0]["customer_id"]]
+    assert state["seen"] == want[first[0]["customer_id"]]["seen"]
+
+
+class FailingEngine(Engine):
+    def advance(self, state, item, now=None):  # type: ignore[no-untyped-def]
+        if not isinstance(item, Tick) and item["event_id"] == "boom":
+            state["watermark"] = -1  # half done: must not be kept
+            raise ZeroDivisionError("a bug")
+        return super().advance(state, item, now)
+
+
+def test_an_engine_exception_is_quarantined_and_the_worker_goes_on(tmp_path: Path) -> None:
+    driver = Driver(CATALOG, tmp_path, partitions=1)
+    driver.processor.engine = FailingEngine(CATALOG)
+    customer = EVENTS[0]["customer_id"]
+    mine = [e for e in EVENTS if e["customer_id"] == customer][:3]
+    boom = dict(mine[-1], event_id="boom", occurred_at=mine[-1]["occurred_at"] + 1)
+    driver.send(mine[:2])
+    run(driver.run(END))
+    before = driver.states()[customer]
+    driver.send([boom, dict(mine[2], occurred_at=boom["occurred_at"] + 1)])
+    driver.poll(END)
+    run(driver.checkpoint_now())
+    (dead,) = driver.dead_letters()
+    assert dict(dead.headers)["percorso.error.class"] == b"EngineError"
+    after = driver.states()[customer]
+    assert after["watermark"] > before["watermark"] > 0  # the next touchpoint applied
+
+
+def test_a_customer_grown_beyond_the_state_limit_keeps_its_last_stored_value(
+    tmp_path: Path,
+) -> None:
+    """The checkpoint does not write a customer value beyond ``max_state_bytes`` (its
+    changelog record might not fit in a Kafka record): the customer keeps its last stored
+    value, the value goes to the dead-letter topic as ``StateTooLarge``, the rest is written."""
+    from dataclasses import replace
+
+    from agents import stored
+    from percorso.config import Settings
+
+    base = Settings()
+    settings = replace(base, limits=replace(base.limits, max_state_bytes=4000))
+    driver = Driver(CATALOG, tmp_path, settings=settings)
+    t0 = EVENTS[0]["occurred_at"]
+
+    def touchpoint(event_id: str, customer: str, at: int, **attributes: str) -> dict[str, Any]:
+        return {
+            "event_id": event_id,
+            "customer_id": customer,
+            "channel": "web",
+            "type": "page_view",
+            "occurred_at": at,
+            "attributes": attributes,
+            "source": None,
+        }
+
+    driver.send([touchpoint("big-1", "big", t0), touchpoint("small-1", "small", t0)])
+    run(driver.run(t0))
+    assert set(driver.changelog_states()) == {"big", "small"}
+    wide = {f"a{n:02d}": "v" * 250 for n in range(16)}  # kept in the context: ~4 KB more
+    driver.send(
+        [touchpoint("big-2", "big", t0 + 1, **wide), touchpoint("small-2", "small", t0 + 1)]
+    )
+    run(driver.run(t0 + 1))
+    [dead] = driver.dead_letters()
+    headers = dict(dead.headers or [])
+    assert headers["percorso.error.class"] == b"StateTooLarge"
+    assert b"PERCORSO_MAX_STATE_BYTES" in headers["percorso.error.message"]
+    assert dead.key == b"big"
+    assert dead.value is not None and stored.decode(dead.value).state["seen"] == ["big-1", "big-2"]
+    states = driver.changelog_states()
+    assert states["big"]["seen"] == ["big-1"]  # its last stored value
+    assert states["small"]["seen"] == ["small-1", "small-2"]  # the rest is written
+    assert driver.states()["big"]["seen"] == ["big-1"]

@@ -60,7 +60,7 @@ log = logging.getLogger("percorso.agents")
 RAW: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
 OBSERVE_INTERVAL_S = 5.0
 CENSUS_INTERVAL_S = 30.0
-WAKE_UPS_PER_ROUND = 20_000  # deadline-index entries per partition between two batches
+WAKE_UPS_PER_ROUND = 1_000  # deadline-index entries fired per partition without a yield
 
 __all__ = ["Runtime", "RuntimeOptions", "now_ms", "partition_for"]
 
@@ -223,7 +223,7 @@ class Runtime:
             await self._checkpoint()
         if clock - self._fired_at >= self.options.tick_interval_s and self._may_fire():
             self._fired_at = clock
-            self.fire_due(now_ms())
+            await self.fire_due(now_ms())
 
     async def before_wait_empty(self) -> None:
         """A rebalance or a shutdown: make everything applied durable first."""
@@ -305,16 +305,22 @@ class Runtime:
                 return part.watermark if part is not None else None
         return now - self.options.window_grace_ms
 
-    def fire_due(self, now: int) -> None:
-        """Fire what is due on every owned partition, up to its safe time."""
-        started = time.perf_counter()
-        tally = Tally()
+    async def fire_due(self, now: int) -> None:
+        """Fire what is due on every owned partition, up to its safe time, in rounds of at
+        most ``WAKE_UPS_PER_ROUND`` entries with the event loop free in between."""
         for partition in self._owned():
-            until = self.safe_time(partition, now)
-            if until is not None:
-                self._part(partition).fire(until, now, WAKE_UPS_PER_ROUND, tally)
-        if tally.ticks:
-            self.metrics.apply(tally, time.perf_counter() - started)
+            while self._may_fire() and partition in self._owned():
+                until = self.safe_time(partition, now)
+                if until is None:
+                    break
+                started = time.perf_counter()
+                tally = Tally()
+                fired = self._part(partition).fire(until, now, WAKE_UPS_PER_ROUND, tally)
+                if fired:
+                    self.metrics.apply(tally, time.perf_counter() - started)
+                await asyncio.sleep(0)
+                if fired < WAKE_UPS_PER_ROUND:
+                    break
 
     # -- gauges -----------------------------------------------------------------------------
 

@@ -31,6 +31,7 @@ import faust
 log = logging.getLogger("percorso.agents")
 
 PATCHED_VERSION = "0.15.3"
+BATCH_RECORDS = 500  # records of one partition the batch handler gets per call
 TESTED_AIOKAFKA = "0.14.0"
 
 
@@ -349,8 +350,18 @@ def consumer_batch_loop() -> None:
                                 app, message
                             ):
                                 set_read_offset(tp, offset)
-                if mine and app.consumer_generation_id == generation:
-                    await handler.on_batches(mine)
+                for tp, batch in mine.items():
+                    # one partition's records at a time, at most BATCH_RECORDS per call, with
+                    # the event loop free in between (web views, rebalance callbacks); each
+                    # chunk is checked again, as a rebalance may have happened meanwhile
+                    for start in range(0, len(batch), BATCH_RECORDS):
+                        chunk = batch[start : start + BATCH_RECORDS]
+                        if app.consumer_generation_id != generation or not still_ahead(
+                            position_of(tp), chunk[-1].offset
+                        ):
+                            break
+                        await handler.on_batches({tp: chunk})
+                        await asyncio.sleep(0)
                 unset_flag(fetching)
                 await handler.on_idle()
         except self.consumer_stopped_errors:

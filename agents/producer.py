@@ -16,8 +16,8 @@ Except a record refused for its size (``MSG_SIZE_TOO_LARGE``, by librdkafka when
 by the broker later): producing it again would be refused again, so stopping would only
 crash-loop the worker on the same offset. Such a record is quarantined instead: a copy cut to
 fit (``agents.processor.fit``) goes to the dead-letter topic with ``percorso.error.class:
-OutputTooLarge``, the topic it was meant for and the position of the input being processed, and
-the worker goes on. The limits (``percorso.limits``) keep valid input from ever getting there.
+OutputTooLarge`` and the topic it was meant for, and the worker goes on. The limits
+(``percorso.limits``) keep valid input from ever getting there.
 """
 
 from __future__ import annotations
@@ -47,30 +47,50 @@ class DeliveryFailed(Exception):
 
 
 class OutputProducer:
+    """Outputs and changelog records, produced without awaiting; ``flush`` before a commit.
+
+    Delivery reports: one producer-wide callback counts failures (a record the broker refused or
+    that timed out fails the next ``flush``). A per-record callback (``on_delivery``) is paid
+    only where it is asked for: the checkpoint asks it for changelog records, whose offsets it
+    needs, not for outputs. A per-record callback costs confluent-kafka about 20 us against 2-4
+    for a plain produce (measured in docs/performance.md), which was a fifth of a worker's time.
+    """
+
     def __init__(self, settings: Settings, **overrides: Any) -> None:
         self._producer = clients.producer(
             settings,
             **{
                 "linger.ms": 5,  # batches outputs and changelog records, bounds latency
                 "queue.buffering.max.messages": QUEUE_MAX_MESSAGES,
+                "on_delivery": self._report,
                 **overrides,
             },
         )
         self.failed = 0
+        self._failure: str | None = None
+        self.sent = 0
         self.quarantined = 0  # records refused for their size, sent to the DLQ cut to fit
         self.dropped = 0  # ... whose dead letter was refused too
-        self.position: Position | None = None  # the input being processed (set by its loop)
+        self.position: Position | None = None  # the input being processed, where known
         self.on_quarantined: Callable[[], None] | None = None
         self._dlq = settings.topics.dlq
         self._dead_letter_limit = settings.limits.max_dead_letter_bytes
-        self._refused: list[tuple[Outgoing, str, Position | None]] = []
-        self._failure: str | None = None
-        self._sent = 0  # sequence number of the latest record sent
-        self._outstanding: dict[int, None] = {}  # sequence numbers not yet reported, in order
+        self._refused: list[tuple[Outgoing, str]] = []  # quarantined at the next produce/flush
 
     def __len__(self) -> int:
         """Records not yet delivered (or whose delivery report was not served yet)."""
         return len(self._producer)
+
+    def _report(self, err: Any, msg: Any) -> None:
+        if err is not None:
+            self._undelivered(err, msg)
+
+    def _undelivered(self, err: Any, msg: Any) -> None:
+        if err.code() in TOO_LARGE:
+            out = Outgoing(msg.topic(), msg.key(), msg.value(), list(msg.headers() or []))
+            self._refused.append((out, str(err)))
+        else:
+            self._failed(msg.topic(), err)
 
     def produce(
         self,
@@ -85,31 +105,24 @@ class OutputProducer:
         they are produced (idempotent producer). While librdkafka's queue is full, serves
         delivery reports, blocking for a few milliseconds at a time: back-pressure on the
         loop that produces."""
-        if self._refused:
-            self._quarantine_refused()
-        sequence = self._sent + 1
-        outstanding = self._outstanding
-        position = self.position
-
-        def report(err: Any, msg: Any) -> None:
-            del outstanding[sequence]
-            if err is not None:
-                if err.code() in TOO_LARGE:  # quarantined at the next produce or flush
-                    out = Outgoing(topic, key, value, list(headers or []))
-                    self._refused.append((out, str(err), position))
-                else:
-                    self._failed(topic, err)
-            elif on_delivery is not None:
-                on_delivery(msg.topic(), msg.partition(), msg.offset())
-
-        kwargs: dict[str, Any] = {"key": key, "on_delivery": report}
+        kwargs: dict[str, Any] = {"key": key}
         if headers:
             kwargs["headers"] = headers
         if partition is not None:
             kwargs["partition"] = partition
+        if on_delivery is not None:
+
+            def report(err: Any, msg: Any) -> None:
+                if err is not None:
+                    self._undelivered(err, msg)
+                else:
+                    on_delivery(msg.topic(), msg.partition(), msg.offset())
+
+            kwargs["on_delivery"] = report
+        produce = self._producer.produce
         while True:
             try:
-                self._producer.produce(topic, value, **kwargs)
+                produce(topic, value, **kwargs)
                 break
             except BufferError:
                 self._producer.poll(0.005)
@@ -117,17 +130,17 @@ class OutputProducer:
                 error = exc.args[0]
                 if error.code() not in TOO_LARGE:
                     raise
-                self._quarantine(
-                    Outgoing(topic, key, value, list(headers or [])), str(error), position
-                )
+                out = Outgoing(topic, key, value, list(headers or []))
+                self._quarantine(out, str(error), self.position)
                 return
-        self._sent = sequence
-        outstanding[sequence] = None
+        self.sent += 1
+        if self._refused:
+            self._quarantine_refused()
 
     def _quarantine_refused(self) -> None:
         refused, self._refused = self._refused, []
-        for out, error, position in refused:
-            self._quarantine(out, error, position)
+        for out, error in refused:
+            self._quarantine(out, error, None)
 
     def _quarantine(self, out: Outgoing, error: str, position: Position | None) -> None:
         """Produce a record refused for its size to the dead-letter topic instead, cut to fit.
@@ -199,19 +212,15 @@ class OutputProducer:
         return int(self._producer.poll(0))
 
     async def flush(self) -> None:
-        """Wait until every record sent before this call is delivered; raise if one was not.
-        Records sent meanwhile (another task may produce during a flush) are not waited for:
-        under steady load there would always be some, and the flush would never end."""
-        barrier = self._sent
-        while self._outstanding and next(iter(self._outstanding)) <= barrier:
+        """Wait until every record produced so far is delivered and its report served; raise
+        if one was not. The runtime produces only from the partition loop, which awaits its
+        checkpoint, so nothing is produced during a flush and this ends."""
+        while len(self._producer) or self._refused:
             self._producer.poll(0)
-            await asyncio.sleep(0.001)
             if self._refused:  # their dead letters are part of what this flush waits for
                 self._quarantine_refused()
-                barrier = self._sent
-        if self._refused:
-            self._quarantine_refused()
-            await self.flush()
+            if len(self._producer):
+                await asyncio.sleep(0.001)
         if self._failure is not None:
             raise DeliveryFailed(self._failure)
 

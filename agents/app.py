@@ -37,7 +37,14 @@ from agents import patches
 from agents.checkpoint import Checkpoint, Offsets
 from agents.metrics import CONTENT_TYPE, Metrics, Tally
 from agents.partition import PartitionProcessor, partition_for
-from agents.processor import Outgoing, Processor, index_range, parse_index_key
+from agents.processor import (
+    OUTPUT_TOO_LARGE,
+    STATE_TOO_LARGE,
+    Outgoing,
+    Processor,
+    index_range,
+    parse_index_key,
+)
 from agents.producer import OutputProducer
 from agents.store import PartitionStore
 from agents.stored import stages_of
@@ -92,6 +99,7 @@ class Runtime:
         self.metrics = Metrics(registry, channels=STANDARD_CHANNELS | catalog.channels())
         self.app = self._create_app()
         self.output = OutputProducer(settings)
+        self.output.on_quarantined = self.metrics.dead_letters.labels(OUTPUT_TOO_LARGE).inc
         n = options.partitions
         t = settings.topics
         self.repartition_name = f"{settings.app_id}-repartition"
@@ -244,6 +252,10 @@ class Runtime:
     async def _checkpoint(self) -> None:
         await self.checkpoint.run(list(self.parts.values()))
         self._checkpointed_at = time.monotonic()
+        for part in self.parts.values():  # values the checkpoint dead-lettered for their size
+            if part.state_too_large:
+                self.metrics.dead_letters.labels(STATE_TOO_LARGE).inc(part.state_too_large)
+                part.state_too_large = 0
 
     async def _commit(self, offsets: Offsets) -> bool:
         return await patches.commit(self.app, offsets)

@@ -57,6 +57,9 @@ SuppressionReason = Literal[
 
 ACTION_ID_NAMESPACE = uuid.UUID("9b7c2d4e-5f60-4a1b-8c3d-7e9f0a1b2c3d")
 _NAMESPACE_BYTES = ACTION_ID_NAMESPACE.bytes
+_sha1 = hashlib.sha1
+# the RFC 4122 variant: the top two bits of the 9th byte become 10 (hex digit 8, 9, a or b)
+_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
 HOLDOUT = "holdout"
 MAX_WINDOWS_PER_JOURNEY = 16
 MAX_CONTEXT_ATTRIBUTES = 16
@@ -95,7 +98,7 @@ class Step:
     next_due: int | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class _Candidate:
     journey: Journey
     rule: str
@@ -119,14 +122,10 @@ def _ms(dt: datetime) -> int:
 
 def action_id(journey_id: str, rule: str, trigger: str) -> str:
     """Same journey, rule and trigger: same id, on every run and every worker: the UUID v5 of
-    ``journey|rule|trigger`` in ``ACTION_ID_NAMESPACE`` (``uuid.uuid5``, without its objects)."""
-    digest = bytearray(
-        hashlib.sha1(_NAMESPACE_BYTES + f"{journey_id}|{rule}|{trigger}".encode()).digest()[:16]
-    )
-    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
-    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
-    h = digest.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    ``journey|rule|trigger`` in ``ACTION_ID_NAMESPACE`` (``uuid.uuid5``, without its objects:
+    the SHA-1's first 16 bytes in hex, with the version nibble and the variant bits set)."""
+    h = _sha1(_NAMESPACE_BYTES + f"{journey_id}|{rule}|{trigger}".encode()).hexdigest()
+    return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"
 
 
 def assign_variant(journey: Journey, customer_id: str) -> str | None:
@@ -225,9 +224,8 @@ class Engine:
             return step
         journeys = state["journeys"]
         if journeys or state["pending"]:
-            due = self.next_due(state)
-            if due is not None and due < t:
-                self._fire_due(step, t - 1, now)
+            # what fell due strictly before this touchpoint (one scan when nothing did)
+            self._fire_due(step, t - 1, now)
         channel = tp["channel"]
         type_ = tp["type"]
         plan = self._plans.get((channel, type_)) or self._dispatch.plan(channel, type_)
@@ -349,16 +347,18 @@ class Engine:
                 js["satisfaction"] = satisfaction
 
         waits = jp.waits
-        if waits and js["windows"]:
-            for w in list(js["windows"]):
+        windows = js["windows"]
+        if waits and windows:
+            for w in list(windows):
                 window_id = w["window"]
                 if window_id not in waits or t > w["deadline"]:
                     continue
                 test = waits[window_id]
-                if (test is None or test(attributes)) and all(
-                    attributes.get(k) == v for k, v in w["correlation"].items()
+                correlation = w["correlation"]
+                if (test is None or test(attributes)) and (
+                    not correlation or all(attributes.get(k) == v for k, v in correlation.items())
                 ):
-                    js["windows"].remove(w)
+                    windows.remove(w)
                     step.windows_cancelled += 1
                     on_match = self._windows[journey.id][window_id].on_match
                     if on_match.goto is not None or on_match.action is not None:
@@ -494,19 +494,21 @@ class Engine:
         }
         windows = js["windows"]
         # kept sorted by key, keys unique: replace the same key, else insert in order
-        for n, w in enumerate(windows):
-            if w["key"] == key:
-                del windows[n]
+        n = 0
+        for w in windows:
+            if w["key"] >= key:
                 break
-        if len(windows) >= MAX_WINDOWS_PER_JOURNEY:
+            n += 1
+        if n < len(windows) and windows[n]["key"] == key:
+            windows[n] = armed
+        elif len(windows) >= MAX_WINDOWS_PER_JOURNEY:
             windows.append(armed)
             windows.sort(key=lambda w: (w["armed_at"], w["key"]))
             del windows[0]
             step.windows_cancelled += 1
             windows.sort(key=lambda w: w["key"])
         else:
-            windows.append(armed)
-            windows.sort(key=_window_key)  # already in order but the last: one pass
+            windows.insert(n, armed)
         step.windows_armed += 1
 
     def _fire_due(self, step: Step, until: int, now: int | None) -> None:
@@ -567,12 +569,15 @@ class Engine:
                 )
 
     def _earliest_due(self, state: CustomerState, until: int) -> tuple[int, int, str, str] | None:
+        """The first of what is due at or before ``until``: (due, kind, journey id, key), kind
+        0 a deferred action, 1 a window, 2 an inactivity timeout; ties in that order."""
         best: tuple[int, int, str, str] | None = None
         for p in state["pending"]:
             if p["due"] <= until:
                 item = (p["due"], 0, p["journey_id"], p["action_id"])
                 if best is None or item < best:
                     best = item
+        inactivity = self._inactivity
         for jid, js in state["journeys"].items():
             if not js["active"]:
                 continue
@@ -581,11 +586,10 @@ class Engine:
                     item = (w["deadline"], 1, jid, w["key"])
                     if best is None or item < best:
                         best = item
-            journey = self._by_id.get(jid)
-            if journey is not None and journey.inactivity_ms is not None:
-                deadline = js["last_activity"] + journey.inactivity_ms
-                item = (deadline, 2, jid, "")
-                if deadline <= until and (best is None or item < best):
+            idle = inactivity.get(jid)
+            if idle is not None and js["last_activity"] + idle <= until:
+                item = (js["last_activity"] + idle, 2, jid, "")
+                if best is None or item < best:
                     best = item
         return best
 
@@ -878,10 +882,6 @@ def _kept(attributes: Mapping[str, str]) -> dict[str, str]:
     return {
         k: attributes[k][:MAX_ATTRIBUTE_CHARS] for k in sorted(attributes)[:MAX_CONTEXT_ATTRIBUTES]
     }
-
-
-def _window_key(w: WindowState) -> str:
-    return w["key"]
 
 
 def _satisfaction(tp: Mapping[str, Any]) -> float | None:

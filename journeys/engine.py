@@ -177,7 +177,7 @@ class Engine:
         if isinstance(item, Tick):
             if state is None:
                 raise ValueError("a tick needs the state of a known customer")
-            step = Step(state, "tick")
+            step = Step(state, "tick", [], [], [], 0, 0, 0, 0, [])
             self._fire_due(step, item.at, now)
         else:
             step = self._touchpoint(state, item, now)
@@ -213,7 +213,7 @@ class Engine:
     ) -> Step:
         if state is None:
             state = new_customer(tp["customer_id"])
-        step = Step(state, "processed")
+        step = Step(state, "processed", [], [], [], 0, 0, 0, 0, [])  # positional: cheaper
         event_id = tp["event_id"]
         if event_id in state["seen"]:
             step.outcome = "duplicate"
@@ -879,6 +879,10 @@ class Engine:
 def _kept(attributes: Mapping[str, str]) -> dict[str, str]:
     """The attributes a touchpoint leaves in the context and in the windows it arms: bounded
     in number and size, by name."""
+    if len(attributes) <= MAX_CONTEXT_ATTRIBUTES:
+        kept = dict(sorted(attributes.items()))  # names are unique: sorted by name
+        if not kept or max(map(len, kept.values())) <= MAX_ATTRIBUTE_CHARS:
+            return kept
     return {
         k: attributes[k][:MAX_ATTRIBUTE_CHARS] for k in sorted(attributes)[:MAX_CONTEXT_ATTRIBUTES]
     }

@@ -697,21 +697,23 @@ class Engine:
                 marketing += 1
             js = state["journeys"].get(c.journey.id)
             stage = js["stage"] if js is not None else None
-            decision = PendingAction(
-                due=at,
-                decided_at=at,
-                action_id=action_id(c.journey.id, c.rule, c.trigger),
-                journey_id=c.journey.id,
-                action=c.spec.name,
-                channel=channel,
-                priority=c.spec.priority,
-                trigger=c.trigger,
-                trigger_kind=c.trigger_kind,
-                parameters=_render(c.spec.parameters, c.attributes, stage, c.journey.id, variant),
-                category=category,
-                variant=variant,
-                expires_at=at + c.spec.expires_after_ms if c.spec.expires_after_ms else None,
-            )
+            decision: PendingAction = {  # a literal: cheaper than calling the TypedDict
+                "due": at,
+                "decided_at": at,
+                "action_id": action_id(c.journey.id, c.rule, c.trigger),
+                "journey_id": c.journey.id,
+                "action": c.spec.name,
+                "channel": channel,
+                "priority": c.spec.priority,
+                "trigger": c.trigger,
+                "trigger_kind": c.trigger_kind,
+                "parameters": _render(
+                    c.spec.parameters, c.attributes, stage, c.journey.id, variant
+                ),
+                "category": category,
+                "variant": variant,
+                "expires_at": at + c.spec.expires_after_ms if c.spec.expires_after_ms else None,
+            }
             release = self._quiet_until(state, channel, category, at)
             if release is not None:
                 expires_at = decision["expires_at"]
@@ -906,13 +908,18 @@ def journey_score(journey: Journey, js: JourneyState, completed: bool) -> float:
     """Weighted mean of completion, satisfaction (when known) and low effort, in [0, 1]."""
     w = journey.score
     effort = 1 - min(1.0, (js["touchpoints"] + js["channel_switches"]) / w.effort_budget)
-    parts = [(w.completion, 1.0 if completed else 0.0), (w.effort, effort)]
-    if js["satisfaction"] is not None:
-        parts.append((w.satisfaction, js["satisfaction"]))
-    total = sum(weight for weight, _ in parts)
+    done = 1.0 if completed else 0.0
+    satisfaction = js["satisfaction"]
+    # sum() over the terms in this order, as before: the same float on every Python version
+    if satisfaction is None:
+        total = sum((w.completion, w.effort))
+        value = sum((w.completion * done, w.effort * effort))
+    else:
+        total = sum((w.completion, w.effort, w.satisfaction))
+        value = sum((w.completion * done, w.effort * effort, w.satisfaction * satisfaction))
     if total == 0:
         return 0.0
-    return round(sum(weight * value for weight, value in parts) / total, 4)
+    return round(value / total, 4)
 
 
 Placeholder = tuple[bool, str]  # (an attribute?, its name or the value's name)

@@ -179,10 +179,9 @@ class Engine:
                 raise ValueError("a tick needs the state of a known customer")
             step = Step(state, "tick", [], [], [], 0, 0, 0, 0, [])
             self._fire_due(step, item.at, now)
-        else:
-            step = self._touchpoint(state, item, now)
-        step.next_due = self.next_due(step.state)
-        return step
+            step.next_due = self.next_due(state)
+            return step
+        return self._touchpoint(state, item, now)  # it works out next_due as it goes
 
     def next_due(self, state: CustomerState) -> int | None:
         """The earliest instant something of this customer is due (None: nothing is)."""
@@ -193,17 +192,8 @@ class Engine:
                 best = due
         inactivity = self._inactivity
         for jid, js in state["journeys"].items():
-            if not js["active"]:
-                continue
-            for w in js["windows"]:
-                due = w["deadline"]
-                if best is None or due < best:
-                    best = due
-            idle = inactivity.get(jid)
-            if idle is not None:
-                due = js["last_activity"] + idle
-                if best is None or due < best:
-                    best = due
+            if js["active"]:
+                best = _journey_due(js, inactivity.get(jid), best)
         return best
 
     # -- touchpoints ------------------------------------------------------------------------
@@ -217,10 +207,12 @@ class Engine:
         event_id = tp["event_id"]
         if event_id in state["seen"]:
             step.outcome = "duplicate"
+            step.next_due = self.next_due(state)
             return step
         t = tp["occurred_at"]
         if state["seen"] and t < state["watermark"] - self.policies.allowed_lateness_ms:
             step.outcome = "late"
+            step.next_due = self.next_due(state)
             return step
         journeys = state["journeys"]
         if journeys or state["pending"]:
@@ -231,13 +223,20 @@ class Engine:
         plan = self._plans.get((channel, type_)) or self._dispatch.plan(channel, type_)
         kept = _kept(tp["attributes"])
         self._observe(state, tp, plan, kept)
+        # next_due is gathered from each journey once this touchpoint is done with it (no
+        # journey's rules touch another's windows or activity), then from the deferred actions
+        best: int | None = None
+        inactivity = self._inactivity
         if journeys:
             # active journeys without a rule for this touchpoint: it only counts as activity
             # (they cause nothing, so the order they are updated in does not matter)
             reacting = plan.reacting
             survey = type_ == SURVEY_RESPONSE
+            index = self._index
             for jid, js in journeys.items():
-                if js["active"] and jid not in reacting and jid in self._index:
+                if not js["active"] or jid in reacting:
+                    continue
+                if jid in index:
                     js["touchpoints"] += 1
                     last = js["last_channel"]
                     if last is not None and last != channel:
@@ -249,12 +248,22 @@ class Engine:
                         satisfaction = _satisfaction(tp)
                         if satisfaction is not None:
                             js["satisfaction"] = satisfaction
+                best = _journey_due(js, inactivity.get(jid), best)
         # journeys with a rule this touchpoint may match, in catalog order
         candidates: list[_Candidate] = []
         for jp in plan.journeys:
             self._journey_touchpoint(step, jp, tp, kept, candidates)
+            jid = jp.journey.id
+            after = journeys.get(jid)
+            if after is not None and after["active"]:
+                best = _journey_due(after, inactivity.get(jid), best)
         if candidates:
             self._decide(step, candidates, t, now)
+        for p in state["pending"]:
+            due = p["due"]
+            if best is None or due < best:
+                best = due
+        step.next_due = best
         return step
 
     def _observe(
@@ -888,6 +897,20 @@ def _kept(attributes: Mapping[str, str]) -> dict[str, str]:
     return {
         k: attributes[k][:MAX_ATTRIBUTE_CHARS] for k in sorted(attributes)[:MAX_CONTEXT_ATTRIBUTES]
     }
+
+
+def _journey_due(js: JourneyState, idle: int | None, best: int | None) -> int | None:
+    """The earlier of ``best`` and what an active journey has due: its windows' deadlines and,
+    with an inactivity timeout of ``idle`` ms, its last activity plus that."""
+    for w in js["windows"]:
+        due = w["deadline"]
+        if best is None or due < best:
+            best = due
+    if idle is not None:
+        due = js["last_activity"] + idle
+        if best is None or due < best:
+            best = due
+    return best
 
 
 def _satisfaction(tp: Mapping[str, Any]) -> float | None:

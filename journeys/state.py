@@ -7,7 +7,7 @@ state through Avro schema resolution; no conversion layer sits on the hot path.
 
 from __future__ import annotations
 
-from typing import TypedDict
+from typing import NotRequired, TypedDict
 
 
 class RecentTouchpoint(TypedDict):
@@ -42,6 +42,9 @@ class JourneyState(TypedDict):
     last_channel: str | None
     satisfaction: float | None
     windows: list[WindowState]
+    # journeys.lifecycle, only for journeys measured by conversions (absent in older state)
+    last_action: NotRequired[str | None]  # the last action this instance sent
+    converted_at: NotRequired[int | None]  # when this instance converted
 
 
 class PendingAction(TypedDict):

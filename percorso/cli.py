@@ -182,6 +182,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         sys.stderr,
         until=args.until,
         include=args.include,
+        catalog_changes=args.catalog_change or (),
     )
 
 
@@ -278,8 +279,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--include",
-        default="actions,transitions",
-        help="what to print: actions, transitions, suppressed (comma-separated)",
+        default="actions,transitions,conversions",
+        help="what to print: actions, transitions, conversions, suppressed, late (comma-separated)",
+    )
+    p.add_argument(
+        "--catalog-change",
+        action="append",
+        metavar="TIME=DIR",
+        help="from event time TIME (ISO-8601 or epoch ms) on, replay with the catalog in DIR, "
+        "keeping every customer's state (repeatable)",
     )
     p.set_defaults(func=cmd_simulate)
 

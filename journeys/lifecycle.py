@@ -1,0 +1,377 @@
+"""Journeys that evolve and are measured: versions, drain and stop, migration, a version that
+disappears, and conversions with attribution, around the unchanged engine.
+
+``LifecycleEngine`` is the engine the runtime and ``percorso simulate`` build. It runs the
+engine's step (``journeys.engine.Engine.advance``) and adds, in separate code around it:
+
+- **Versions.** Each version of a journey is a journey of its own in the catalog, whose ``id`` is
+  its state key (``journeys.model.state_key``: ``cart`` for version 1 or an unversioned file,
+  ``cart@2`` for version 2), so a customer's windows, stage and counters stay with the version
+  it entered. Records leave with the journey id the author wrote and a ``version`` field.
+- **Pinning and draining.** New entries go only to the newest ``active`` version; a customer
+  active in one version of a journey enters no other (re-entry rules look at its latest exit
+  from any version).
+- **Stop and removal.** Before a customer's next touchpoint or tick is applied, its instances
+  of a ``stopped`` version leave with reason ``stopped``, and those of a version the catalog no
+  longer has leave with reason ``version_removed`` (to stage ``exited``): their windows are
+  cancelled, their deferred actions dropped, nothing is sent.
+- **Migration.** A version with ``migrate: {from: N, stages: {old: new}}`` takes the customers
+  of version N whose stage is listed, at their next touchpoint or tick, before it is applied:
+  one transition (reason ``migrated``) from the old stage to the new one. Armed windows whose id
+  the new version also has are kept under the new definition: same arming time and origin, new
+  deadline ``armed_at + within`` (a deadline already past fires at once, at that deadline in
+  event time); the others are cancelled. Customers in a stage the map does not list stay on
+  version N. A migration applies even when version N is stopped.
+- **Conversions.** A journey with ``conversion`` records, for the customer's latest instance of
+  the journey, the first touchpoint matching ``when`` within ``within`` of its entry (active or
+  already exited): one conversion record, attributed to the last action that instance sent
+  before that touchpoint and to the customer's experiment variant (``holdout`` included, since
+  holdout customers enter and convert but are sent nothing). Transitions of such a journey carry
+  ``variant`` so entries can be counted per variant.
+
+A catalog without versions, stops or conversions gives exactly the engine's records.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from journeys.conditions import matches
+from journeys.engine import (
+    Engine,
+    Step,
+    Suppressed,
+    Tick,
+    _render,
+    assign_variant,
+    journey_score,
+)
+from journeys.model import Catalog, Journey, Migration, split_state_key, state_key
+from journeys.state import CustomerState, JourneyState, WindowState
+
+STOPPED = "stopped"
+VERSION_REMOVED = "version_removed"
+MIGRATED = "migrated"
+EXITED_STAGE = "exited"
+
+
+class LifecycleEngine(Engine):
+    def __init__(self, catalog: Catalog) -> None:
+        super().__init__(catalog)
+        families: dict[str, list[Journey]] = {}
+        for j in catalog.journeys:
+            families.setdefault(j.public_id, []).append(j)
+        # state key -> (journey id, version) for every journey whose records carry a version
+        self._public: dict[str, tuple[str, int]] = {
+            j.id: (j.public_id, j.version) for j in catalog.journeys if j.version is not None
+        }
+        # state key -> the state keys of every version of its journey (versioned journeys only)
+        self._siblings: dict[str, tuple[str, ...]] = {}
+        self._entry_key: dict[str, str | None] = {}  # journey id -> the version taking entries
+        self._conversion_families: list[tuple[str, tuple[str, ...]]] = []
+        for public_id, versions in families.items():
+            versions.sort(key=lambda j: j.version or 0)
+            keys = tuple(j.id for j in versions)
+            if any(j.version is not None for j in versions):
+                for j in versions:
+                    self._siblings[j.id] = keys
+            active = [j for j in versions if j.status == "active"]
+            self._entry_key[public_id] = active[-1].id if active else None
+            if any(j.conversion is not None for j in versions):
+                self._conversion_families.append((public_id, keys))
+        self._stopped = frozenset(j.id for j in catalog.journeys if j.status == "stopped")
+        # state key of an older version -> (newer journey, its migration), newest first
+        self._migrations: dict[str, list[tuple[Journey, Migration]]] = {}
+        for j in sorted(catalog.journeys, key=lambda j: -(j.version or 0)):
+            if j.migrate is not None:
+                old = state_key(j.public_id, j.migrate.from_version)
+                self._migrations.setdefault(old, []).append((j, j.migrate))
+        self._converting = frozenset(
+            j.id for j in catalog.journeys if j.conversion is not None
+        ) | frozenset(k for _, keys in self._conversion_families for k in keys)
+        self._entering: CustomerState | None = None  # the state being advanced, for entries
+
+    # -- the step ---------------------------------------------------------------------------
+
+    def advance(
+        self, state: CustomerState | None, item: Mapping[str, Any] | Tick, now: int | None = None
+    ) -> Step:
+        early: list[dict[str, Any]] = []
+        cancelled = 0
+        at = item.at if isinstance(item, Tick) else item["occurred_at"]
+        if state is not None and state["journeys"] and self._applies(state, item):
+            cancelled = self._evolve(state, at, early)
+        before = (
+            self._latest_instances(state)
+            if state is not None and self._conversion_families and not isinstance(item, Tick)
+            else None
+        )
+        self._entering = state
+        try:
+            step = super().advance(state, item, now)
+        finally:
+            self._entering = None
+        if early:
+            step.transitions[:0] = early
+            step.windows_cancelled += cancelled
+        if self._conversion_families:
+            if step.outcome == "processed" and not isinstance(item, Tick):
+                self._convert(step, item, before or {})
+            self._remember_actions(step)
+        if self._public or self._converting:
+            self._relabel(step)
+        return step
+
+    def _applies(self, state: CustomerState, item: Mapping[str, Any] | Tick) -> bool:
+        """Whether the engine will apply this input (a duplicate or late touchpoint changes
+        nothing, so it does not stop or migrate anyone either)."""
+        if isinstance(item, Tick):
+            return True
+        if item["event_id"] in state["seen"]:
+            return False
+        late = state["watermark"] - self.policies.allowed_lateness_ms
+        return not (state["seen"] and item["occurred_at"] < late)
+
+    # -- versions ---------------------------------------------------------------------------
+
+    def _may_enter(self, journey: Journey, js: JourneyState | None, t: int) -> bool:
+        siblings = self._siblings.get(journey.id)
+        if siblings is None:
+            if journey.status != "active":
+                return False
+            return super()._may_enter(journey, js, t)
+        if self._entry_key.get(journey.public_id) != journey.id:
+            return False
+        state = self._entering
+        latest = js
+        if state is not None:
+            for key in siblings:
+                other = state["journeys"].get(key)
+                if other is None:
+                    continue
+                if other["active"]:
+                    return False  # pinned to the version it entered
+                if latest is None or (other["exited_at"] or 0) > (latest["exited_at"] or 0):
+                    latest = other
+        return super()._may_enter(journey, latest, t)
+
+    def _evolve(self, state: CustomerState, at: int, out: list[dict[str, Any]]) -> int:
+        """Migrations, then stops and removals, before the input is applied; returns the windows
+        cancelled."""
+        cancelled = 0
+        journeys = state["journeys"]
+        if self._migrations:
+            moved = True
+            while moved:  # version 1 -> 2 -> 3 in one step when each version migrates
+                moved = False
+                for key in [k for k, js in journeys.items() if js["active"]]:
+                    for target, migration in self._migrations.get(key, ()):
+                        stages = dict(migration.stages)
+                        js = journeys[key]
+                        if js["stage"] in stages:
+                            cancelled += self._migrate(state, key, target, stages, at, out)
+                            moved = True
+                            break
+        for key, js in journeys.items():
+            if not js["active"]:
+                continue
+            if key in self._stopped:
+                cancelled += self._end(state, key, js, STOPPED, at, out)
+            elif key not in self._by_id:
+                cancelled += self._end(state, key, js, VERSION_REMOVED, at, out)
+        return cancelled
+
+    def _end(
+        self,
+        state: CustomerState,
+        key: str,
+        js: JourneyState,
+        reason: str,
+        at: int,
+        out: list[dict[str, Any]],
+    ) -> int:
+        journey = self._by_id.get(key)
+        if journey is not None:
+            public_id, version = journey.public_id, journey.version
+            score: float | None = journey_score(journey, js, completed=False)
+        else:
+            public_id, version = split_state_key(key)
+            if version is None and key in self._public_family_ids():
+                version = 1
+            score = None
+        record = self._transition(state, key, js, EXITED_STAGE, at, f"{key}/{reason}", reason)
+        record["journey_id"], record["score"] = public_id, score
+        if version is not None:
+            record["version"] = version
+        out.append(record)
+        cancelled = len(js["windows"])
+        js["windows"] = []
+        js["active"] = False
+        js["stage"] = None
+        js["exited_at"] = at
+        state["pending"] = [p for p in state["pending"] if p["journey_id"] != key]
+        return cancelled
+
+    def _public_family_ids(self) -> frozenset[str]:
+        return frozenset(public_id for public_id, _ in self._public.values())
+
+    def _migrate(
+        self,
+        state: CustomerState,
+        key: str,
+        target: Journey,
+        stages: dict[str, str],
+        at: int,
+        out: list[dict[str, Any]],
+    ) -> int:
+        old = state["journeys"][key]
+        definitions = {w.id: w for w in target.windows}
+        kept: list[WindowState] = []
+        for w in old["windows"]:
+            definition = definitions.get(w["window"])
+            if definition is not None:
+                kept.append({**w, "deadline": w["armed_at"] + definition.within_ms})
+        new: JourneyState = {**old, "stage": stages[old["stage"] or ""], "windows": kept}
+        new["stage_since"] = at
+        cancelled = len(old["windows"]) - len(kept)
+        record = self._transition(
+            state, key, old, new["stage"] or "", at, f"{key}/migrate", MIGRATED
+        )
+        record["journey_id"] = target.id  # relabelled with the new version afterwards
+        out.append(record)
+        state["journeys"][target.id] = new
+        old["active"] = False
+        old["stage"] = None
+        old["windows"] = []
+        old["exited_at"] = at
+        for p in state["pending"]:  # deferred actions go on, under the version they now belong to
+            if p["journey_id"] == key:
+                p["journey_id"] = target.id
+        return cancelled
+
+    @staticmethod
+    def _transition(
+        state: CustomerState,
+        key: str,
+        js: JourneyState,
+        to_stage: str,
+        at: int,
+        cause: str,
+        reason: str,
+    ) -> dict[str, Any]:
+        previous = js["stage"]
+        return {
+            "customer_id": state["customer_id"],
+            "journey_id": key,
+            "from_stage": previous,
+            "to_stage": to_stage,
+            "at": at,
+            "cause": cause,
+            "reason": reason,
+            "time_in_stage_ms": at - js["stage_since"] if previous is not None else None,
+            "instance": js["instance"],
+            "score": None,
+            "touchpoints": js["touchpoints"],
+            "channel_switches": js["channel_switches"],
+        }
+
+    # -- conversions ------------------------------------------------------------------------
+
+    def _latest_instances(self, state: CustomerState) -> dict[str, tuple[str, JourneyState]]:
+        """journey id -> (state key, state) of the customer's latest instance of it."""
+        latest: dict[str, tuple[str, JourneyState]] = {}
+        journeys = state["journeys"]
+        for public_id, keys in self._conversion_families:
+            best: tuple[str, JourneyState] | None = None
+            for key in keys:
+                js = journeys.get(key)
+                if js is not None and (best is None or js["entered_at"] > best[1]["entered_at"]):
+                    best = (key, js)
+            if best is not None:
+                latest[public_id] = (best[0], best[1].copy())
+        return latest
+
+    def _convert(
+        self,
+        step: Step,
+        tp: Mapping[str, Any],
+        before: dict[str, tuple[str, JourneyState]],
+    ) -> None:
+        state = step.state
+        t = tp["occurred_at"]
+        after = self._latest_instances(state)
+        for public_id, _ in self._conversion_families:
+            found = before.get(public_id) or after.get(public_id)
+            if found is None:
+                continue
+            key, seen = found
+            journey = self._by_id.get(key)
+            spec = journey.conversion if journey is not None else None
+            if journey is None or spec is None or seen.get("converted_at") is not None:
+                continue
+            entered = seen["entered_at"]
+            if not entered <= t <= entered + spec.within_ms or not matches(spec.when, tp):
+                continue
+            live = state["journeys"].get(key)
+            if live is not None and live["entered_at"] == entered:
+                live["converted_at"] = t
+            variant = assign_variant(journey, state["customer_id"])
+            value = None
+            if spec.value is not None:
+                value = _render(
+                    (("value", spec.value),), tp["attributes"], seen["stage"], public_id, variant
+                )["value"]
+            step.conversions.append(
+                {
+                    "customer_id": state["customer_id"],
+                    "journey_id": public_id,
+                    "version": journey.version,
+                    "instance": None,
+                    "at": t,
+                    "cause": tp["event_id"],
+                    "value": value,
+                    "variant": variant,
+                    "attributed_action_id": seen.get("last_action"),
+                    "entered_at": entered,
+                }
+            )
+
+    def _remember_actions(self, step: Step) -> None:
+        journeys = step.state["journeys"]
+        for a in step.actions:
+            if a["journey_id"] in self._converting:
+                js = journeys.get(a["journey_id"])
+                if js is not None:
+                    js["last_action"] = a["action_id"]
+
+    # -- records ----------------------------------------------------------------------------
+
+    def _relabel(self, step: Step) -> None:
+        """Records leave with the author's journey id, the version and (for journeys measured
+        by conversions) the variant; the state keeps its keys."""
+        public = self._public
+        customer = step.state["customer_id"]
+        for t in step.transitions:
+            jid = t["journey_id"]
+            if jid in self._converting:
+                journey = self._by_id[jid]
+                t["variant"] = assign_variant(journey, customer)
+            names = public.get(jid)
+            if names is not None:
+                t["journey_id"], t["version"] = names
+        if not public:
+            return
+        for a in step.actions:
+            names = public.get(a["journey_id"])
+            if names is not None:
+                a["journey_id"], a["version"] = names
+            stages = a["context"]["stages"]
+            if any(k in public for k in stages):
+                a["context"]["stages"] = {public.get(k, (k, 0))[0]: v for k, v in stages.items()}
+        step.suppressed = [
+            s
+            if s.journey_id not in public
+            else Suppressed(public[s.journey_id][0], s.action, s.reason, s.trigger)
+            for s in step.suppressed
+        ]

@@ -112,15 +112,15 @@ class LifecycleEngine(Engine):
             step = super().advance(state, item, now)
         finally:
             self._entering = None
-        if early:
-            step.transitions[:0] = early
-            step.windows_cancelled += cancelled
         if self._conversion_families:
             if step.outcome == "processed" and not isinstance(item, Tick):
                 self._convert(step, item, before or {})
             self._remember_actions(step)
         if self._public or self._converting:
             self._relabel(step)
+        if early:  # already labelled
+            step.transitions[:0] = early
+            step.windows_cancelled += cancelled
         return step
 
     def _applies(self, state: CustomerState, item: Mapping[str, Any] | Tick) -> bool:
@@ -192,18 +192,17 @@ class LifecycleEngine(Engine):
         out: list[dict[str, Any]],
     ) -> int:
         journey = self._by_id.get(key)
+        record = self._transition(state, key, js, EXITED_STAGE, at, f"{key}/{reason}", reason)
         if journey is not None:
-            public_id, version = journey.public_id, journey.version
-            score: float | None = journey_score(journey, js, completed=False)
+            record["score"] = journey_score(journey, js, completed=False)
+            self._label(record, key)
         else:
             public_id, version = split_state_key(key)
             if version is None and key in self._public_family_ids():
                 version = 1
-            score = None
-        record = self._transition(state, key, js, EXITED_STAGE, at, f"{key}/{reason}", reason)
-        record["journey_id"], record["score"] = public_id, score
-        if version is not None:
-            record["version"] = version
+            record["journey_id"] = public_id
+            if version is not None:
+                record["version"] = version
         out.append(record)
         cancelled = len(js["windows"])
         js["windows"] = []
@@ -238,7 +237,7 @@ class LifecycleEngine(Engine):
         record = self._transition(
             state, key, old, new["stage"] or "", at, f"{key}/migrate", MIGRATED
         )
-        record["journey_id"] = target.id  # relabelled with the new version afterwards
+        self._label(record, target.id)
         out.append(record)
         state["journeys"][target.id] = new
         old["active"] = False
@@ -347,19 +346,21 @@ class LifecycleEngine(Engine):
 
     # -- records ----------------------------------------------------------------------------
 
+    def _label(self, transition: dict[str, Any], key: str) -> None:
+        """A transition of the journey at state ``key`` gets the author's journey id, the
+        version, and (for journeys measured by conversions) the customer's variant."""
+        if key in self._converting:
+            transition["variant"] = assign_variant(self._by_id[key], transition["customer_id"])
+        names = self._public.get(key)
+        if names is not None:
+            transition["journey_id"], transition["version"] = names
+
     def _relabel(self, step: Step) -> None:
         """Records leave with the author's journey id, the version and (for journeys measured
         by conversions) the variant; the state keeps its keys."""
         public = self._public
-        customer = step.state["customer_id"]
         for t in step.transitions:
-            jid = t["journey_id"]
-            if jid in self._converting:
-                journey = self._by_id[jid]
-                t["variant"] = assign_variant(journey, customer)
-            names = public.get(jid)
-            if names is not None:
-                t["journey_id"], t["version"] = names
+            self._label(t, t["journey_id"])
         if not public:
             return
         for a in step.actions:

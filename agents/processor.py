@@ -194,6 +194,8 @@ class Processor:
             Outgoing(self.topics.transitions, key, self.codecs.transition.encode(t))
             for t in step.transitions
         ]
+        for c in step.conversions:
+            out.append(Outgoing(self.topics.conversions, key, self.codecs.conversion.encode(c)))
         for action in step.actions:
             out.append(
                 Outgoing(

@@ -42,7 +42,9 @@ class JourneyState(TypedDict):
     last_channel: str | None
     satisfaction: float | None
     windows: list[WindowState]
-    # journeys.lifecycle, only for journeys measured by conversions (absent in older state)
+    # journeys.lifecycle, only for journeys measured by conversions: absent in older state and
+    # in the others. Not in the Avro record, which only reads values stored before the
+    # MessagePack envelope (agents.stored version 1, whose journeys had no conversions).
     last_action: NotRequired[str | None]  # the last action this instance sent
     converted_at: NotRequired[int | None]  # when this instance converted
 

@@ -188,3 +188,29 @@ def test_an_engine_exception_is_quarantined_with_the_stored_bytes() -> None:
     assert info.value.stored == before
     other = dict(tp("e3", "page_view", ms(T0) + 2), customer_id="c2")
     assert failing.apply(None, other, T0, 0).step.state["customer_id"] == "c2"
+
+
+def test_conversions_go_to_their_topic_with_the_version(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from journeys.lifecycle import LifecycleEngine
+
+    journey = (CATALOG_DIR / "cart_recovery.yaml").read_text()
+    text = journey.replace(
+        "priority: 60",
+        "priority: 60\nversion: 3\nconversion: {when: {type: purchase}, within: 7d, "
+        'value: "${attributes.amount}"}',
+    )
+    (tmp_path / "cart.yaml").write_text(text)
+    processor = Processor(SETTINGS, LifecycleEngine(load_catalog(tmp_path)), CODECS)
+    first = processor.apply(None, tp("a", "cart_add", ms(T0), sku="S"), 0, 0)
+    then = processor.apply(first.customer, tp("b", "purchase", ms(T0) + MINUTE, amount="9"), 0, 0)
+    (out,) = [o for o in then.outgoing if o.topic == SETTINGS.topics.conversions]
+    assert out.key == b"c1"
+    conversion = CODECS.conversion.decode(out.value)
+    assert conversion["journey_id"] == "cart_recovery" and conversion["version"] == 3
+    assert conversion["value"] == "9" and conversion["entered_at"] == ms(T0)
+    transitions = [
+        CODECS.transition.decode(o.value)
+        for o in then.outgoing
+        if o.topic == SETTINGS.topics.transitions
+    ]
+    assert [(t["reason"], t["version"]) for t in transitions] == [("goal", 3)]

@@ -212,6 +212,39 @@ def cmd_analytics(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from percorso.report import build_report, read_records, render
+
+    records: list[dict[str, Any]] = []
+    if args.files:
+        for name in args.files:
+            try:
+                stream = sys.stdin if name == "-" else open(name, encoding="utf-8")  # noqa: SIM115
+            except OSError as exc:
+                sys.exit(f"percorso report: cannot read {name}: {exc.strerror}")
+            with stream:
+                try:
+                    records += read_records(stream)
+                except json.JSONDecodeError as exc:
+                    sys.exit(f"percorso report: {name}:{exc.lineno}: not JSON: {exc.msg}")
+    else:
+        from percorso.clients import Codecs
+        from percorso.tail import tail
+
+        settings = _settings(args)
+        _require_broker(settings)
+        codecs = Codecs.from_settings(settings)
+        topics = settings.topics
+        for topic, kind in ((topics.transitions, "transition"), (topics.conversions, "conversion")):
+            try:
+                for record in tail(settings, topic, codecs, idle_timeout=args.idle_timeout):
+                    records.append({"kind": kind, **record})
+            except ValueError as exc:
+                sys.exit(f"percorso report: {exc}")
+    print(render(build_report(records), args.json))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from agents.demo import run_demo
 
@@ -268,6 +301,27 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="check journey files")
     p.add_argument("paths", nargs="+", help="journey files or folders")
     p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser(
+        "report",
+        help="per journey, version and variant: entries, completions, exits, conversions, "
+        "uplift against the holdout",
+    )
+    _common(p)
+    p.add_argument(
+        "files",
+        nargs="*",
+        help="`percorso simulate` output (JSON lines, '-' for stdin); none: read the "
+        "transitions and conversions topics from the beginning",
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=5.0,
+        help="topics: stop reading a topic after this many idle seconds",
+    )
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("simulate", help="replay recorded touchpoints offline through the engine")
     p.add_argument("--journeys", required=True, help="folder of journey files")

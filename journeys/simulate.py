@@ -7,11 +7,13 @@ clock is advanced to ``until`` (default: the latest event time in the file). Out
 deterministic: the same input gives the same bytes.
 
 A catalog change (``--catalog-change TIME=DIR``) replays what a deployment of another catalog
-at event time TIME does: before the first touchpoint (in file order) at or after TIME, every
-customer's clock is advanced to TIME - 1 under the catalog in force (what was due before the
-change fires under the old definitions), then the new catalog applies to everything after,
-with the same states: stops, migrations and removed versions take effect at each customer's
-next touchpoint or tick, as on a worker restarted with the new catalog.
+at event time TIME does, customer by customer (so results still do not depend on how
+customers are interleaved): when a customer's clock reaches TIME (its first touchpoint at or
+after TIME, or the final tick), what was due before TIME fires under the catalog in force
+(a tick at TIME - 1), then the new catalog applies to that customer, with the same state:
+stops, migrations and removed versions take effect at that touchpoint or tick, as on a worker
+restarted with the new catalog. A touchpoint older than TIME that arrives after the customer
+crossed TIME is applied under the new catalog, as on the restarted worker.
 """
 
 from __future__ import annotations
@@ -38,18 +40,28 @@ def replay(
     """Every step of the replay, in order; the final ticks come last, by customer id."""
     states: dict[str, CustomerState] = {}
     latest: int | None = None
-    upcoming = sorted(changes, key=lambda c: c[0])
+    engines = [engine] + [e for _, e in sorted(changes, key=lambda c: c[0])]
+    starts = sorted(at for at, _ in changes)
+    phase: dict[str, int] = {}  # customer -> index in engines of the catalog it is under
+
+    def cross(customer: str, t: int) -> Iterator[Step]:
+        """The catalog changes this customer's clock passes on its way to ``t``."""
+        n = phase.get(customer, 0)
+        while n < len(starts) and t >= starts[n]:
+            state = states.get(customer)
+            if state is not None:  # what was due before the change, under the old catalog
+                step = engines[n].advance(state, Tick(starts[n] - 1))
+                states[customer] = step.state
+                yield step
+            n += 1
+        phase[customer] = n
+
     for tp in touchpoints:
         customer = tp["customer_id"]
         t = tp["occurred_at"]
-        while upcoming and t >= upcoming[0][0]:
-            at, next_engine = upcoming.pop(0)
-            for other in sorted(states):
-                step = engine.advance(states[other], Tick(at - 1))
-                states[other] = step.state
-                yield step
-            engine = next_engine
-        step = engine.advance(states.get(customer), tp)
+        if starts:
+            yield from cross(customer, t)
+        step = engines[phase.get(customer, 0)].advance(states.get(customer), tp)
         states[customer] = step.state
         if step.outcome == "processed":
             latest = t if latest is None else max(latest, t)
@@ -58,7 +70,9 @@ def replay(
     if end is None:
         return
     for customer in sorted(states):
-        step = engine.advance(states[customer], Tick(end))
+        if starts:
+            yield from cross(customer, end)
+        step = engines[phase.get(customer, 0)].advance(states[customer], Tick(end))
         yield step
 
 

@@ -5,6 +5,9 @@ state: what a worker restarted with a new catalog does."""
 
 from __future__ import annotations
 
+import io
+import json
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -13,6 +16,7 @@ from agents import stored
 from journeys.engine import Engine, action_id, assign_variant
 from journeys.lifecycle import LifecycleEngine
 from journeys.loader import load_catalog, validate_paths
+from journeys.simulate import run_simulation
 from tests.journeys.harness import T0, Customer, ms
 
 POLICIES = """
@@ -407,3 +411,74 @@ class TestValidate:
     def test_status_is_one_of_three(self, tmp_path: Path) -> None:
         (found,) = self.problems(tmp_path, cart(1, "paused"))
         assert ":6: status:" in found and "'paused' is not one of" in found
+
+
+class TestSimulateCatalogChange:
+    EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "events.jsonl"
+    SHIPPED = Path(__file__).resolve().parents[2] / "journeys" / "catalog"
+
+    def simulate(self, journeys: Path, events: Path, *changes: str) -> list[str]:
+        out, err = io.StringIO(), io.StringIO()
+        code = run_simulation(journeys, str(events), out, err, catalog_changes=changes)
+        assert code == 0, err.getvalue()
+        return out.getvalue().splitlines()
+
+    def test_a_change_to_the_same_catalog_changes_no_decision(self) -> None:
+        plain = self.simulate(self.SHIPPED, self.EXAMPLE)
+        times = sorted(json.loads(line)["occurred_at"] for line in self.EXAMPLE.open())
+        middle = times[len(times) // 2]
+        changed = self.simulate(self.SHIPPED, self.EXAMPLE, f"{middle}={self.SHIPPED}")
+        assert sorted(changed) == sorted(plain) and len(plain) > 10
+
+    def test_a_stop_is_replayed_before_it_is_deployed(self, tmp_path: Path) -> None:
+        one, stop = tmp_path / "one", tmp_path / "stop"
+        for folder, doc in ((one, cart(1)), (stop, cart(1, "stopped"))):
+            folder.mkdir()
+            (folder / "cart.yaml").write_text(doc)
+        events = tmp_path / "events.jsonl"
+        rows = [("e1", "cart_add", 0), ("e2", "page_view", 10)]
+        events.write_text(
+            "".join(
+                json.dumps(
+                    {
+                        "event_id": e,
+                        "customer_id": "c1",
+                        "channel": "web",
+                        "type": kind,
+                        "occurred_at": ms(T0) + minutes * 60_000,
+                    }
+                )
+                + "\n"
+                for e, kind, minutes in rows
+            )
+        )
+        change = f"{(T0 + timedelta(minutes=5)).isoformat()}={stop}"
+        records = [json.loads(line) for line in self.simulate(one, events, change)]
+        assert [(r["kind"], r.get("reason")) for r in records] == [
+            ("transition", "event"),
+            ("transition", "stopped"),
+        ]
+        assert records[1]["at"] == ms(T0) + 10 * 60_000
+        # run on to an hour: without the change the reminder goes out at 30 minutes; with a
+        # stop deployed at 20 minutes, the final tick takes the customer out instead
+        until = str(ms(T0) + 60 * 60_000)
+        out = io.StringIO()
+        assert run_simulation(one, str(events), out, io.StringIO(), until=until) == 0
+        assert [json.loads(line).get("action") for line in out.getvalue().splitlines()][-1] == (
+            "remind"
+        )
+        out = io.StringIO()
+        later = [f"{ms(T0) + 20 * 60_000}={stop}"]
+        assert (
+            run_simulation(one, str(events), out, io.StringIO(), until, catalog_changes=later) == 0
+        )
+        records = [json.loads(line) for line in out.getvalue().splitlines()]
+        assert [r["kind"] for r in records] == ["transition", "transition"]
+        assert records[-1]["reason"] == "stopped" and records[-1]["at"] == int(until)
+
+    def test_a_bad_change_argument_is_refused(self, tmp_path: Path) -> None:
+        err = io.StringIO()
+        code = run_simulation(
+            self.SHIPPED, str(self.EXAMPLE), io.StringIO(), err, catalog_changes=["soon"]
+        )
+        assert code == 1 and "expected TIME=DIR" in err.getvalue()

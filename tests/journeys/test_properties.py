@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import random
+import re
+import tempfile
 from collections import defaultdict
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -12,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from journeys.engine import Engine
+from journeys.lifecycle import LifecycleEngine
 from journeys.loader import load_catalog
 from journeys.simulate import replay
 from tests.journeys.harness import CATALOG_DIR, T0, ms
@@ -220,3 +224,81 @@ def test_quiet_hours_are_never_violated(plan: list[list[tuple[int, int]]], seed:
             local = datetime.fromtimestamp(_send_time(a) / 1000, tz=UTC).astimezone(zone)
             minute = local.hour * 60 + local.minute
             assert quiet.end_minute <= minute < quiet.start_minute, (a["action"], local)
+
+
+# -- versions: a customer is pinned to the version it entered ---------------------------------
+
+_VERSIONS_ROOT = Path(tempfile.mkdtemp(prefix="percorso-versions-"))
+
+
+def _versioned_catalog(name: str, versions: dict[int, str], migrate: bool = False) -> Path:
+    """The shipped catalog with every journey at ``versions`` (version -> status); later
+    versions wait 1 minute in every window, so a decision under them looks different."""
+    folder = _VERSIONS_ROOT / name
+    folder.mkdir()
+    for path in sorted(CATALOG_DIR.glob("*.yaml")):
+        text = path.read_text()
+        if "kind: Journey" not in text:
+            (folder / path.name).write_text(text)
+            continue
+        for version, status in versions.items():
+            extra = f"version: {version}\nstatus: {status}\n"
+            body = text
+            if version > 1:
+                body = re.sub(r"within: \S+", "within: 1m", body)
+                if migrate:
+                    journey_id = re.findall(r"^id: (\w+)", body, re.M)[0]
+                    names = [s.id for s in ENGINE.catalog.journey(journey_id).stages]
+                    pairs = ", ".join(f"{s}: {s}" for s in names)
+                    extra += f"migrate: {{from: {version - 1}, stages: {{{pairs}}}}}\n"
+            body = body.replace("kind: Journey\n", f"kind: Journey\n{extra}", 1)
+            (folder / f"{path.stem}_v{version}.yaml").write_text(body)
+    return folder
+
+
+V1 = LifecycleEngine(load_catalog(_versioned_catalog("v1", {1: "active"})))
+V2_DRAINING_V1 = LifecycleEngine(
+    load_catalog(_versioned_catalog("v2", {1: "draining", 2: "active"}))
+)
+V2_MIGRATING = LifecycleEngine(
+    load_catalog(_versioned_catalog("v2m", {1: "draining", 2: "active"}, migrate=True))
+)
+
+
+def _transitions(
+    engine: LifecycleEngine, events: list[dict[str, Any]], end: int, changes: list[Any]
+) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    out: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    copies = [dict(e, attributes=dict(e["attributes"])) for e in events]
+    for step in replay(engine, copies, end, changes):
+        for t in step.transitions:
+            out[(t["customer_id"], t["journey_id"])].append(t)
+    return out
+
+
+@common
+@given(traffic, st.integers(0, 1000), st.integers(0, 3000), st.booleans())
+def test_pinned_customers_are_not_affected_by_a_newer_version_unless_migrated(
+    plan: list[list[tuple[int, int]]], seed: int, change_after_minutes: int, migrate: bool
+) -> None:
+    by_customer = build(plan)
+    events = interleave(by_customer, seed)
+    end = last_time(by_customer) + 10 * 24 * 60 * MINUTE
+    change = ms(T0) + change_after_minutes * MINUTE
+    newer = V2_MIGRATING if migrate else V2_DRAINING_V1
+    before = _transitions(V1, events, end, [])
+    after = _transitions(V1, events, end, [(change, newer)])
+    for key, records in after.items():
+        on_v1 = [t for t in records if t["version"] == 1]
+        # what version 1 decided is what it would have decided without version 2, up to
+        # where its customers left it (or, with a migration, were moved out of it)
+        assert on_v1 == before[key][: len(on_v1)], key
+        inside_v1 = False
+        for t in records:
+            if t["version"] == 1:
+                inside_v1 = t["to_stage"] not in ("completed", "exited", "inactive")
+            elif inside_v1:  # a version-2 record while the customer is still in version 1
+                assert migrate and t["reason"] == "migrated", (key, t)
+                inside_v1 = False
+            if t["version"] == 2 and t["from_stage"] is None:
+                assert t["at"] >= change, "a new version took an entry before it was deployed"

@@ -91,6 +91,12 @@ class LifecycleEngine(Engine):
             j.id for j in catalog.journeys if j.conversion is not None
         ) | frozenset(k for _, keys in self._conversion_families for k in keys)
         self._entering: CustomerState | None = None  # the state being advanced, for entries
+        # state key -> the touchpoint attribute whose values key its instances
+        self._keyed: dict[str, str] = {
+            j.id: j.instance_attribute for j in catalog.journeys if j.instance_attribute
+        }
+        self._values: dict[str, str] = {}  # slot -> key value of the touchpoint being applied
+        self._parked: dict[str, JourneyState] = {}  # instances set aside during a step
 
     # -- the step ---------------------------------------------------------------------------
 
@@ -102,6 +108,24 @@ class LifecycleEngine(Engine):
         at = item.at if isinstance(item, Tick) else item["occurred_at"]
         if state is not None and state["journeys"] and self._applies(state, item):
             cancelled = self._evolve(state, at, early)
+        if self._keyed:
+            step = self._advance_keyed(state, item, now)
+        else:
+            step = self._advance_one(state, item, now, {})
+        if early:  # already labelled
+            step.transitions[:0] = early
+            step.windows_cancelled += cancelled
+        return step
+
+    def _advance_one(
+        self,
+        state: CustomerState | None,
+        item: Mapping[str, Any] | Tick,
+        now: int | None,
+        instances: dict[str, str],
+    ) -> Step:
+        """The engine's step, then conversions and labels; ``instances``: the instance of
+        each keyed journey (state key -> key value) that is in its journey's slot."""
         before = (
             self._latest_instances(state)
             if state is not None and self._conversion_families and not isinstance(item, Tick)
@@ -114,14 +138,136 @@ class LifecycleEngine(Engine):
             self._entering = None
         if self._conversion_families:
             if step.outcome == "processed" and not isinstance(item, Tick):
-                self._convert(step, item, before or {})
+                self._convert(step, item, before or {}, instances)
             self._remember_actions(step)
-        if self._public or self._converting:
-            self._relabel(step)
-        if early:  # already labelled
-            step.transitions[:0] = early
-            step.windows_cancelled += cancelled
+        if self._public or self._converting or instances:
+            self._relabel(step, instances)
         return step
+
+    # -- instances --------------------------------------------------------------------------
+    #
+    # At rest, the instance with key value V of the journey at state key K is stored under
+    # ``K#V``; the slot ``K`` itself stays empty. For one step, the engine sees only the
+    # instances that step is about, moved into their slots, and none of the others (they are
+    # set aside and put back afterwards), so everything it does by journey id (windows,
+    # inactivity, stages, action ids) applies to that instance.
+
+    def _advance_keyed(
+        self, state: CustomerState | None, item: Mapping[str, Any] | Tick, now: int | None
+    ) -> Step:
+        parked = self._set_aside(state) if state is not None else {}
+        self._parked = parked
+        steps: list[Step] = []
+        journeys = state["journeys"] if state is not None else None
+        try:
+            if state is not None and journeys is not None and self._applies(state, item):
+                limit = item.at if isinstance(item, Tick) else item["occurred_at"] - 1
+                due = sorted(
+                    (d, key)
+                    for key, js in parked.items()
+                    if (d := self._instance_due(key, js)) is not None and d <= limit
+                )
+                for _, key in due:  # instances with something due fire first, one by one
+                    slot, value = _split_instance(key)
+                    one = {slot: value or ""}
+                    journeys[slot] = parked.pop(key)
+                    steps.append(self._advance_one(state, Tick(limit), now, one))
+                    self._put_back(state, one, parked)
+            instances: dict[str, str] = {}
+            if not isinstance(item, Tick):
+                attributes: Mapping[str, str] = item["attributes"]
+                for slot, attribute in self._keyed.items():
+                    value = attributes.get(attribute)
+                    if value is None:
+                        continue
+                    instances[slot] = value
+                    if journeys is not None and f"{slot}#{value}" in parked:
+                        journeys[slot] = parked.pop(f"{slot}#{value}")
+            self._values = instances
+            main = self._advance_one(state, item, now, instances)
+            state = main.state
+            self._put_back(state, instances, parked)
+        finally:
+            self._values = {}
+            self._parked = {}
+            if state is not None:
+                state["journeys"].update(parked)
+        if state is not None:
+            self._prune_instances(state)
+        for sub in reversed(steps):
+            main.transitions[:0] = sub.transitions
+            main.actions[:0] = sub.actions
+            main.suppressed[:0] = sub.suppressed
+            main.conversions[:0] = sub.conversions
+            main.fired_at[:0] = sub.fired_at
+            main.deferred += sub.deferred
+            main.windows_armed += sub.windows_armed
+            main.windows_fired += sub.windows_fired
+            main.windows_cancelled += sub.windows_cancelled
+        main.next_due = self.next_due(main.state)
+        return main
+
+    def _set_aside(self, state: CustomerState) -> dict[str, JourneyState]:
+        """Take every instance of a keyed journey out of the state. One that was stored in
+        the slot itself (before the journey had an instance key) becomes the instance with the
+        empty key: its windows and inactivity go on; no touchpoint carries its key."""
+        journeys = state["journeys"]
+        parked: dict[str, JourneyState] = {}
+        for key in [k for k in journeys if _split_instance(k)[0] in self._keyed]:
+            slot, value = _split_instance(key)
+            parked[f"{slot}#{value or ''}"] = journeys.pop(key)
+            if key == slot:
+                for p in state["pending"]:
+                    if p["journey_id"] == slot:
+                        p["journey_id"] = f"{slot}#"
+        return parked
+
+    @staticmethod
+    def _put_back(
+        state: CustomerState, instances: dict[str, str], parked: dict[str, JourneyState]
+    ) -> None:
+        journeys = state["journeys"]
+        for slot, value in instances.items():
+            js = journeys.pop(slot, None)
+            if js is not None:
+                parked[f"{slot}#{value}"] = js
+            for p in state["pending"]:
+                if p["journey_id"] == slot:
+                    p["journey_id"] = f"{slot}#{value}"
+
+    def _instance_due(self, key: str, js: JourneyState) -> int | None:
+        if not js["active"]:
+            return None
+        best = min((w["deadline"] for w in js["windows"]), default=None)
+        idle = self._inactivity.get(_split_instance(key)[0])
+        if idle is not None:
+            due = js["last_activity"] + idle
+            best = due if best is None else min(best, due)
+        return best
+
+    def _prune_instances(self, state: CustomerState) -> None:
+        """Keep the most recent ``max_instances`` ended instances of each keyed journey (they
+        hold re-entry and conversion facts); older ones are dropped."""
+        journeys = state["journeys"]
+        ended: dict[str, list[tuple[int, str]]] = {}
+        for key, js in journeys.items():
+            slot, value = _split_instance(key)
+            if value is not None and not js["active"]:
+                ended.setdefault(slot, []).append((js["exited_at"] or 0, key))
+        for slot, keys in ended.items():
+            bound = self._by_id[slot].max_instances if slot in self._by_id else 0
+            for _, key in sorted(keys)[: max(0, len(keys) - bound)]:
+                del journeys[key]
+
+    def next_due(self, state: CustomerState) -> int | None:
+        best = super().next_due(state)
+        if self._keyed:  # the inactivity of instances stored under K#V
+            for key, js in state["journeys"].items():
+                if "#" in key:
+                    due = self._instance_due(key, js)
+                    if due is not None and (best is None or due < best):
+                        best = due
+        return best
 
     def _applies(self, state: CustomerState, item: Mapping[str, Any] | Tick) -> bool:
         """Whether the engine will apply this input (a duplicate or late touchpoint changes
@@ -136,6 +282,17 @@ class LifecycleEngine(Engine):
     # -- versions ---------------------------------------------------------------------------
 
     def _may_enter(self, journey: Journey, js: JourneyState | None, t: int) -> bool:
+        if journey.id in self._keyed:
+            if journey.id not in self._values:
+                return False  # a touchpoint without the key opens no instance
+            family = self._siblings.get(journey.id, (journey.id,))
+            open_ = sum(
+                1
+                for key, other in self._parked.items()
+                if other["active"] and _split_instance(key)[0] in family
+            )
+            if open_ >= journey.max_instances:
+                return False  # at the bound: the touchpoint is ignored by this journey
         siblings = self._siblings.get(journey.id)
         if siblings is None:
             if journey.status != "active":
@@ -166,7 +323,7 @@ class LifecycleEngine(Engine):
             while moved:  # version 1 -> 2 -> 3 in one step when each version migrates
                 moved = False
                 for key in [k for k, js in journeys.items() if js["active"]]:
-                    for target, migration in self._migrations.get(key, ()):
+                    for target, migration in self._migrations.get(_split_instance(key)[0], ()):
                         stages = dict(migration.stages)
                         js = journeys[key]
                         if js["stage"] in stages:
@@ -176,9 +333,10 @@ class LifecycleEngine(Engine):
         for key, js in journeys.items():
             if not js["active"]:
                 continue
-            if key in self._stopped:
+            slot = _split_instance(key)[0]
+            if slot in self._stopped:
                 cancelled += self._end(state, key, js, STOPPED, at, out)
-            elif key not in self._by_id:
+            elif slot not in self._by_id:
                 cancelled += self._end(state, key, js, VERSION_REMOVED, at, out)
         return cancelled
 
@@ -191,18 +349,21 @@ class LifecycleEngine(Engine):
         at: int,
         out: list[dict[str, Any]],
     ) -> int:
-        journey = self._by_id.get(key)
+        slot, value = _split_instance(key)
+        journey = self._by_id.get(slot)
         record = self._transition(state, key, js, EXITED_STAGE, at, f"{key}/{reason}", reason)
         if journey is not None:
             record["score"] = journey_score(journey, js, completed=False)
             self._label(record, key)
         else:
-            public_id, version = split_state_key(key)
-            if version is None and key in self._public_family_ids():
+            public_id, version = split_state_key(slot)
+            if version is None and public_id in self._public_family_ids():
                 version = 1
             record["journey_id"] = public_id
             if version is not None:
                 record["version"] = version
+            if value is not None:
+                record["instance_key"] = value
         out.append(record)
         cancelled = len(js["windows"])
         js["windows"] = []
@@ -237,16 +398,17 @@ class LifecycleEngine(Engine):
         record = self._transition(
             state, key, old, new["stage"] or "", at, f"{key}/migrate", MIGRATED
         )
-        self._label(record, target.id)
+        suffix = key[len(_split_instance(key)[0]) :]  # the instance key, if any, stays
+        self._label(record, target.id + suffix)
         out.append(record)
-        state["journeys"][target.id] = new
+        state["journeys"][target.id + suffix] = new
         old["active"] = False
         old["stage"] = None
         old["windows"] = []
         old["exited_at"] = at
         for p in state["pending"]:  # deferred actions go on, under the version they now belong to
             if p["journey_id"] == key:
-                p["journey_id"] = target.id
+                p["journey_id"] = target.id + suffix
         return cancelled
 
     @staticmethod
@@ -296,6 +458,7 @@ class LifecycleEngine(Engine):
         step: Step,
         tp: Mapping[str, Any],
         before: dict[str, tuple[str, JourneyState]],
+        instances: dict[str, str],
     ) -> None:
         state = step.state
         t = tp["occurred_at"]
@@ -326,7 +489,7 @@ class LifecycleEngine(Engine):
                     "customer_id": state["customer_id"],
                     "journey_id": public_id,
                     "version": journey.version,
-                    "instance": None,
+                    "instance": instances.get(key),
                     "at": t,
                     "cause": tp["event_id"],
                     "value": value,
@@ -346,27 +509,31 @@ class LifecycleEngine(Engine):
 
     # -- records ----------------------------------------------------------------------------
 
-    def _label(self, transition: dict[str, Any], key: str) -> None:
-        """A transition of the journey at state ``key`` gets the author's journey id, the
-        version, and (for journeys measured by conversions) the customer's variant."""
-        if key in self._converting:
-            transition["variant"] = assign_variant(self._by_id[key], transition["customer_id"])
-        names = self._public.get(key)
+    def _label(self, record: dict[str, Any], key: str, value: str | None = None) -> None:
+        """A record of the journey at state ``key`` gets the author's journey id, the version,
+        the instance key, and (transitions of journeys measured by conversions) the variant."""
+        slot, stored_value = _split_instance(key)
+        if slot in self._converting and "action_id" not in record:
+            record["variant"] = assign_variant(self._by_id[slot], record["customer_id"])
+        names = self._public.get(slot)
         if names is not None:
-            transition["journey_id"], transition["version"] = names
+            record["journey_id"], record["version"] = names
+        elif slot != key:
+            record["journey_id"] = slot
+        if slot in self._keyed:
+            record["instance_key"] = value if value is not None else stored_value
 
-    def _relabel(self, step: Step) -> None:
-        """Records leave with the author's journey id, the version and (for journeys measured
-        by conversions) the variant; the state keeps its keys."""
+    def _relabel(self, step: Step, instances: dict[str, str]) -> None:
+        """Records leave with the author's journey id, the version, the instance key and (for
+        journeys measured by conversions) the variant; the state keeps its keys."""
         public = self._public
         for t in step.transitions:
-            self._label(t, t["journey_id"])
-        if not public:
+            self._label(t, t["journey_id"], instances.get(t["journey_id"]))
+        if not public and not self._keyed:
             return
         for a in step.actions:
-            names = public.get(a["journey_id"])
-            if names is not None:
-                a["journey_id"], a["version"] = names
+            jid = a["journey_id"]
+            self._label(a, jid, instances.get(jid))
             stages = a["context"]["stages"]
             if any(k in public for k in stages):
                 a["context"]["stages"] = {public.get(k, (k, 0))[0]: v for k, v in stages.items()}
@@ -376,3 +543,9 @@ class LifecycleEngine(Engine):
             else Suppressed(public[s.journey_id][0], s.action, s.reason, s.trigger)
             for s in step.suppressed
         ]
+
+
+def _split_instance(key: str) -> tuple[str, str | None]:
+    """(the journey's state key, the instance key value or None) of a state key ``K#V``."""
+    slot, sep, value = key.partition("#")
+    return slot, value if sep else None

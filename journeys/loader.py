@@ -482,6 +482,10 @@ class _JourneyBuilder:
             status=d.get("status", "active"),
             migrate=migrate,
             conversion=conversion,
+            instance_attribute=d["instance_key"][len("${attributes.") : -1]
+            if "instance_key" in d
+            else None,
+            max_instances=int(d.get("max_instances", 8)),
         )
         self.check(journey)
         return journey
@@ -799,6 +803,13 @@ def _version_problems(journeys_src: list[tuple[Journey, _Source]]) -> list[Probl
         if m is None or journey.version is None or m.from_version >= journey.version:
             continue
         old = by_key.get(state_key(journey.public_id, m.from_version))
+        if old is not None and old.instance_attribute != journey.instance_attribute:
+            src.problem(
+                ("instance_key",),
+                f"version {m.from_version} has another instance key: a migration keeps "
+                f"instances, so both versions need the same one",
+            )
+            problems.append(src.problems[-1])
         if old is None:
             src.problem(
                 ("migrate", "from"),

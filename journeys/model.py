@@ -134,6 +134,8 @@ class Journey:
     status: Status = "active"
     migrate: Migration | None = None
     conversion: ConversionSpec | None = None
+    instance_attribute: str | None = None  # instance_key: ${attributes.NAME}; None: one instance
+    max_instances: int = 8  # open instances per customer; a touchpoint opening one more is ignored
 
     @property
     def public_id(self) -> str:

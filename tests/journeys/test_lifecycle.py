@@ -482,3 +482,95 @@ class TestSimulateCatalogChange:
             self.SHIPPED, str(self.EXAMPLE), io.StringIO(), err, catalog_changes=["soon"]
         )
         assert code == 1 and "expected TIME=DIR" in err.getvalue()
+
+
+KEYED = 'instance_key: "${attributes.cart_id}"\nmax_instances: 2'
+
+
+class TestInstances:
+    def test_two_carts_of_one_customer_are_two_instances(self, tmp_path: Path) -> None:
+        c = Customer(catalog(tmp_path, "keyed", cart(extra=KEYED + "\n" + CONVERSION)))
+        # given two carts, ten minutes apart
+        c.does("cart_add", event_id="a1", cart_id="A")
+        c.wait(minutes=10).does("cart_add", event_id="b1", cart_id="B")
+        assert c.state is not None and set(c.state["journeys"]) == {"cart#A", "cart#B"}
+        # when cart B checks out and cart A is left alone
+        c.wait(minutes=5).does("checkout_started", cart_id="B")
+        c.wait(minutes=16).tick()  # 31 minutes after cart A
+        # then only cart A's reminder goes out, and each cart has its own stages
+        assert [(a["action"], a["instance_key"]) for a in c.actions] == [("remind", "A")]
+        assert [(t["instance_key"], t["to_stage"]) for t in c.transitions] == [
+            ("A", "carted"),
+            ("B", "carted"),
+            ("B", "checkout"),
+            ("A", "abandoned"),
+        ]
+        assert c.actions[0]["trigger"] == "cart/reminder/a1"
+        # and a purchase of cart B converts cart B only, with nothing sent to it
+        step = c.wait(minutes=1).does("purchase", cart_id="B", amount="5")
+        (conversion,) = step.conversions
+        assert conversion["instance"] == "B" and conversion["attributed_action_id"] is None
+        assert [(t["instance_key"], t["reason"]) for t in step.transitions] == [("B", "goal")]
+        assert c.stage("cart#A") == "abandoned"
+
+    def test_a_touchpoint_without_the_key_opens_and_touches_no_instance(
+        self, tmp_path: Path
+    ) -> None:
+        c = Customer(catalog(tmp_path, "keyed", cart(extra=KEYED)))
+        c.does("cart_add")
+        assert c.transitions == []
+        c.does("cart_add", cart_id="A")
+        c.wait(minutes=1).does("purchase")  # no cart id: cart A is not completed
+        assert c.stage("cart#A") == "carted"
+
+    def test_at_the_bound_a_further_instance_is_not_opened(self, tmp_path: Path) -> None:
+        c = Customer(catalog(tmp_path, "keyed", cart(extra=KEYED)))
+        for cart_id in ("A", "B", "C"):
+            c.wait(minutes=1).does("cart_add", cart_id=cart_id)
+        assert c.state is not None and set(c.state["journeys"]) == {"cart#A", "cart#B"}
+        c.wait(minutes=1).does("purchase", cart_id="A")  # one closes: room for another
+        c.wait(minutes=1).does("cart_add", cart_id="C")
+        assert c.stage("cart#C") == "carted"
+
+    def test_caps_stay_per_customer(self, tmp_path: Path) -> None:
+        capped = POLICIES + "frequency_caps: [{channel: any, max: 1, per: 1d}]\n"
+        folder = tmp_path / "capped"
+        folder.mkdir()
+        (folder / "cart.yaml").write_text(cart(extra=KEYED))
+        (folder / "policies.yaml").write_text(capped)
+        c = Customer(LifecycleEngine(load_catalog(folder)))
+        c.does("cart_add", cart_id="A")
+        c.wait(minutes=1).does("cart_add", cart_id="B")
+        c.wait(minutes=40).tick()
+        assert c.action_names() == ["remind"] and c.suppressed() == [("remind", "cap")]
+
+    def test_inactivity_of_a_stored_instance_wakes_the_customer(self, tmp_path: Path) -> None:
+        doc = cart(extra=KEYED).replace("exit: {goal: {type: purchase}}", "exit: {inactivity: 2h}")
+        c = Customer(catalog(tmp_path, "keyed", doc))
+        step = c.does("cart_add", cart_id="A")
+        assert step.next_due == ms(T0) + 30 * 60_000
+        step = c.wait(minutes=31).tick()
+        assert step.next_due == ms(T0) + 2 * 3_600_000  # the instance's inactivity
+        step = c.wait(hours=2).tick()
+        assert [t["reason"] for t in step.transitions] == ["inactivity"]
+        assert step.transitions[0]["instance_key"] == "A"
+
+    def test_an_instance_opened_before_the_key_existed_goes_on(self, tmp_path: Path) -> None:
+        c = Customer(catalog(tmp_path, "plain", cart()))
+        c.does("cart_add")
+        redeploy(c, catalog(tmp_path, "keyed", cart(extra=KEYED)))
+        c.wait(minutes=31).tick()
+        assert [(a["action"], a["instance_key"]) for a in c.actions] == [("remind", "")]
+        c.does("cart_add", cart_id="A")
+        assert c.state is not None and set(c.state["journeys"]) == {"cart#", "cart#A"}
+
+    def test_a_stopped_version_ends_every_instance(self, tmp_path: Path) -> None:
+        c = Customer(catalog(tmp_path, "one", cart(1, extra=KEYED)))
+        c.does("cart_add", cart_id="A")
+        c.does("cart_add", cart_id="B")
+        redeploy(c, catalog(tmp_path, "stop", cart(1, "stopped", extra=KEYED)))
+        step = c.wait(minutes=1).does("page_view")
+        assert sorted((t["instance_key"], t["reason"]) for t in step.transitions) == [
+            ("A", "stopped"),
+            ("B", "stopped"),
+        ]

@@ -398,8 +398,10 @@ class LifecycleEngine(Engine):
         record = self._transition(
             state, key, old, new["stage"] or "", at, f"{key}/migrate", MIGRATED
         )
-        suffix = key[len(_split_instance(key)[0]) :]  # the instance key, if any, stays
+        slot = _split_instance(key)[0]
+        suffix = key[len(slot) :]  # the instance key, if any, stays
         self._label(record, target.id + suffix)
+        record["from_version"] = self._by_id[slot].version or 1
         out.append(record)
         state["journeys"][target.id + suffix] = new
         old["active"] = False
@@ -447,7 +449,13 @@ class LifecycleEngine(Engine):
             best: tuple[str, JourneyState] | None = None
             for key in keys:
                 js = journeys.get(key)
-                if js is not None and (best is None or js["entered_at"] > best[1]["entered_at"]):
+                if js is None:
+                    continue
+                # the latest entry; of one entry migrated to a newer version, the newer one
+                if best is None or (js["entered_at"], js["active"]) >= (
+                    best[1]["entered_at"],
+                    best[1]["active"],
+                ):
                     best = (key, js)
             if best is not None:
                 latest[public_id] = (best[0], best[1].copy())

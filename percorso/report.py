@@ -1,11 +1,14 @@
 """``percorso report``: per journey, version and variant, what the journey did and whether it
 worked, from stage transitions and conversions (``percorso simulate`` output or the topics).
 
-- entries: transitions into the journey (``from_stage`` null); a migration is not an entry.
+- entries: transitions into the journey (``from_stage`` null). A migration is not an entry: it
+  counts as an exit (reason ``migrated``) of the version the customer left and as
+  ``migrated_in`` of the version it moved to, whose conversion rate is over entries plus
+  migrated-in instances (a migrated instance converts on the version it is on).
 - completions: exits with reason ``goal``; exits by reason: every move to an exit stage
   (completed, exited, inactive) by its reason (goal, exit, inactivity, stopped,
   version_removed).
-- conversion rate: conversions / entries of the row; mean time to convert: mean of
+- conversion rate: conversions / (entries + migrated in) of the row; mean time to convert: mean of
   ``at - entered_at`` over its conversions.
 - uplift: a variant's conversion rate minus the holdout's, in the same journey and version,
   with a 95% confidence interval from the normal approximation of the difference of two
@@ -37,6 +40,7 @@ class Row:
     version: int | None
     variant: str | None
     entries: int = 0
+    migrated_in: int = 0
     exits: dict[str, int] = field(default_factory=dict)
     conversions: int = 0
     time_to_convert_ms: int = 0
@@ -49,7 +53,11 @@ class Row:
 
     @property
     def conversion_rate(self) -> float | None:
-        return self.conversions / self.entries if self.entries else None
+        return self.conversions / self.population if self.population else None
+
+    @property
+    def population(self) -> int:
+        return self.entries + self.migrated_in
 
     @property
     def mean_time_to_convert_ms(self) -> float | None:
@@ -61,6 +69,7 @@ class Row:
             "version": self.version,
             "variant": self.variant,
             "entries": self.entries,
+            "migrated_in": self.migrated_in,
             "completions": self.completions,
             "exits": dict(sorted(self.exits.items())),
             "conversions": self.conversions,
@@ -91,6 +100,10 @@ def build_report(records: Iterable[Mapping[str, Any]]) -> list[Row]:
         if kind == "transition":
             if r["from_stage"] is None:
                 row(_key(r)).entries += 1
+            elif r["reason"] == "migrated":
+                row(_key(r)).migrated_in += 1
+                left = row((r["journey_id"], r.get("from_version"), r.get("variant"))).exits
+                left["migrated"] = left.get("migrated", 0) + 1
             elif r["to_stage"] in EXIT_STAGES:
                 exits = row(_key(r)).exits
                 exits[r["reason"]] = exits.get(r["reason"], 0) + 1
@@ -103,10 +116,10 @@ def build_report(records: Iterable[Mapping[str, Any]]) -> list[Row]:
         if variant is None or variant == HOLDOUT:
             continue
         holdout = rows.get((journey_id, version, HOLDOUT))
-        if holdout is None or not holdout.entries or not target.entries:
+        if holdout is None or not holdout.population or not target.population:
             continue
-        p1, n1 = target.conversions / target.entries, target.entries
-        p0, n0 = holdout.conversions / holdout.entries, holdout.entries
+        p1, n1 = target.conversions / target.population, target.population
+        p0, n0 = holdout.conversions / holdout.population, holdout.population
         diff = p1 - p0
         half = Z_95 * math.sqrt(p1 * (1 - p1) / n1 + p0 * (1 - p0) / n0)
         target.uplift, target.uplift_ci = diff, (diff - half, diff + half)
@@ -142,6 +155,7 @@ def table(rows: list[Row]) -> str:
         "version",
         "variant",
         "entries",
+        "migrated in",
         "completed",
         "exits",
         "conversions",
@@ -161,6 +175,7 @@ def table(rows: list[Row]) -> str:
                 "-" if r.version is None else str(r.version),
                 r.variant or "-",
                 str(r.entries),
+                str(r.migrated_in),
                 str(r.completions),
                 " ".join(f"{k}={n}" for k, n in sorted(r.exits.items())) or "-",
                 str(r.conversions),

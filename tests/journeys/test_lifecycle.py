@@ -231,6 +231,7 @@ class TestMigration:
         step = c.wait(minutes=5).does("page_view")
         (move,) = step.transitions
         assert move["reason"] == "migrated" and move["version"] == 2
+        assert move["from_version"] == 1
         assert (move["from_stage"], move["to_stage"]) == ("carted", "carted")
         assert c.state is not None
         assert not c.state["journeys"]["cart"]["active"]

@@ -89,6 +89,7 @@ transitions = st.fixed_dictionaries(
         "version": st.none() | st.integers(1, 2**31 - 1),
         "instance_key": st.none() | text,
         "variant": st.none() | text,
+        "from_version": st.none() | st.integers(1, 2**31 - 1),
     }
 )
 

@@ -78,6 +78,16 @@ def test_rates_time_to_convert_and_uplift_with_its_interval() -> None:
     assert "+10.0 pts [" in text and "30.0%" in text and "20.0%" in text
 
 
+def test_a_migration_leaves_one_version_and_joins_the_next() -> None:
+    records = [entry(f"c{n}", None, version=1) for n in range(4)]
+    moved = {"from_stage": "carted", "to_stage": "carted", "reason": "migrated"}
+    records += [{**entry(f"c{n}", None, version=2), **moved, "from_version": 1} for n in range(3)]
+    records += [conversion("c0", None, 2)]
+    one, two = build_report(records)
+    assert (one.entries, one.exits, one.conversion_rate) == (4, {"migrated": 3}, 0.0)
+    assert (two.entries, two.migrated_in, two.conversion_rate) == (0, 3, 1 / 3)
+
+
 def test_rows_are_per_version_and_a_journey_without_experiment_has_no_uplift() -> None:
     records = [entry("c1", None, version=1), entry("c2", None, version=2)]
     records.append(conversion("c2", None, 1))

@@ -805,9 +805,10 @@ def _version_problems(journeys_src: list[tuple[Journey, _Source]]) -> list[Probl
         old = by_key.get(state_key(journey.public_id, m.from_version))
         if old is not None and old.instance_attribute != journey.instance_attribute:
             src.problem(
-                ("instance_key",),
-                f"version {m.from_version} has another instance key: a migration keeps "
-                f"instances, so both versions need the same one",
+                ("migrate",),
+                f"version {m.from_version} is keyed by {old.instance_attribute!r} and this "
+                f"version by {journey.instance_attribute!r}: a migration keeps instances, so "
+                f"both need the same instance_key",
             )
             problems.append(src.problems[-1])
         if old is None:

@@ -409,6 +409,18 @@ class TestValidate:
             f"{file}:20: migrate.from: version 1 of journey 'cart' is not in the catalog"
         ]
 
+    def test_both_sides_of_a_migration_have_the_same_instance_key(self, tmp_path: Path) -> None:
+        migrate = "migrate: {from: 1, stages: {carted: carted}}"
+        (found,) = self.problems(tmp_path, cart(1, extra=KEYED), v2(extra=migrate))
+        assert found == (
+            f"{tmp_path / 'v1.yaml'}:20: migrate: version 1 is keyed by 'cart_id' and this "
+            f"version by None: a migration keeps instances, so both need the same instance_key"
+        )
+
+    def test_an_instance_key_names_one_attribute(self, tmp_path: Path) -> None:
+        (found,) = self.problems(tmp_path, cart(extra='instance_key: "cart-${attributes.id}"'))
+        assert ":20: instance_key: 'cart-${attributes.id}' does not match" in found
+
     def test_status_is_one_of_three(self, tmp_path: Path) -> None:
         (found,) = self.problems(tmp_path, cart(1, "paused"))
         assert ":6: status:" in found and "'paused' is not one of" in found

@@ -302,3 +302,76 @@ def test_pinned_customers_are_not_affected_by_a_newer_version_unless_migrated(
                 inside_v1 = False
             if t["version"] == 2 and t["from_stage"] is None:
                 assert t["at"] >= change, "a new version took an entry before it was deployed"
+
+
+# -- instances: each instance lives as if its touchpoints were the only ones --------------------
+
+_CART = """
+apiVersion: percorso/v1
+kind: Journey
+id: cart
+%s
+entry: {when: {type: cart_add}, reentry: always}
+exit: {goal: {type: purchase}, events: [{type: cart_cleared}], inactivity: 2h}
+stages:
+  - {id: carted, when: {type: cart_add}}
+  - {id: checkout, when: {type: checkout_started}}
+  - {id: abandoned}
+windows:
+  - id: reminder
+    start: {type: cart_add}
+    wait_for: {type: [checkout_started, purchase]}
+    within: 30m
+    on_timeout: {goto: abandoned, action: {name: remind, channels: [email]}}
+  - id: nudge
+    after: reminder
+    wait_for: {type: purchase}
+    within: 20m
+    on_timeout: {action: {name: nudge, channels: [email]}}
+"""
+
+
+def _cart_engine(name: str, keyed: bool) -> LifecycleEngine:
+    folder = _VERSIONS_ROOT / name
+    folder.mkdir()
+    (folder / "cart.yaml").write_text(_CART % ('instance_key: "${attributes.cart_id}"' * keyed))
+    return LifecycleEngine(load_catalog(folder))
+
+
+KEYED_CART, SINGLE_CART = _cart_engine("keyed", True), _cart_engine("single", False)
+CART_MOVES = ["cart_add", "checkout_started", "purchase", "page_view", "cart_cleared"]
+cart_traffic = st.lists(
+    st.tuples(GAPS, st.sampled_from(CART_MOVES), st.sampled_from(["A", "B", "C"])),
+    min_size=1,
+    max_size=30,
+)
+
+
+@common
+@given(cart_traffic)
+def test_each_instance_lives_as_if_its_touchpoints_were_the_only_ones(
+    moves: list[tuple[int, str, str]],
+) -> None:
+    events, t = [], ms(T0)
+    for n, (gap, kind, cart) in enumerate(moves):
+        t += gap * MINUTE
+        events.append(
+            {
+                "event_id": f"e{n}",
+                "customer_id": "c1",
+                "channel": "web",
+                "type": kind,
+                "occurred_at": t,
+                "attributes": {"cart_id": cart},
+                "source": None,
+            }
+        )
+    end = t + 3 * 24 * 60 * MINUTE
+    together: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for step in replay(KEYED_CART, [dict(e) for e in events], end):
+        for tr in step.transitions:
+            together[tr.pop("instance_key")].append(tr)
+    for cart in ("A", "B", "C"):
+        alone = [e for e in events if e["attributes"]["cart_id"] == cart]
+        transitions = [tr for step in replay(SINGLE_CART, alone, end) for tr in step.transitions]
+        assert together.get(cart, []) == transitions, cart

@@ -106,7 +106,12 @@ class LifecycleEngine(Engine):
         early: list[dict[str, Any]] = []
         cancelled = 0
         at = item.at if isinstance(item, Tick) else item["occurred_at"]
-        if state is not None and state["journeys"] and self._applies(state, item):
+        if (
+            state is not None
+            and state["journeys"]
+            and self._evolving(state)
+            and self._applies(state, item)
+        ):
             cancelled = self._evolve(state, at, early)
         if self._keyed:
             step = self._advance_keyed(state, item, now)
@@ -312,6 +317,15 @@ class LifecycleEngine(Engine):
                 if latest is None or (other["exited_at"] or 0) > (latest["exited_at"] or 0):
                     latest = other
         return super()._may_enter(journey, latest, t)
+
+    def _evolving(self, state: CustomerState) -> bool:
+        """Whether an active instance is on a stopped, removed or migrating version."""
+        for key, js in state["journeys"].items():
+            if js["active"]:
+                slot = key.partition("#")[0]
+                if slot in self._stopped or slot in self._migrations or slot not in self._by_id:
+                    return True
+        return False
 
     def _evolve(self, state: CustomerState, at: int, out: list[dict[str, Any]]) -> int:
         """Migrations, then stops and removals, before the input is applied; returns the windows

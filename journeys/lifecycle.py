@@ -22,6 +22,9 @@ engine's step (``journeys.engine.Engine.advance``) and adds, in separate code ar
   deadline ``armed_at + within`` (a deadline already past fires at once, at that deadline in
   event time); the others are cancelled. Customers in a stage the map does not list stay on
   version N. A migration applies even when version N is stopped.
+- **Instances.** A journey with ``instance_key: "${attributes.NAME}"`` holds one instance per
+  value of that attribute, stored under ``<state key>#<value>``; a step sees only the instances
+  it is about (see ``_advance_keyed``). Policies stay per customer.
 - **Conversions.** A journey with ``conversion`` records, for the customer's latest instance of
   the journey, the first touchpoint matching ``when`` within ``within`` of its entry (active or
   already exited): one conversion record, attributed to the last action that instance sent
@@ -29,7 +32,9 @@ engine's step (``journeys.engine.Engine.advance``) and adds, in separate code ar
   holdout customers enter and convert but are sent nothing). Transitions of such a journey carry
   ``variant`` so entries can be counted per variant.
 
-A catalog without versions, stops or conversions gives exactly the engine's records.
+A catalog without versions, stops, instance keys or conversions gives exactly the engine's
+records (``tests/journeys/test_golden.py``); only a journey missing from the catalog changes
+anything there: its customers leave with reason ``version_removed`` instead of failing.
 """
 
 from __future__ import annotations

@@ -213,7 +213,7 @@ def cmd_analytics(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from percorso.report import build_report, read_records, render
+    from percorso.report import build_report, read_records, records_from_topics, render
 
     records: list[dict[str, Any]] = []
     if args.files:
@@ -229,18 +229,15 @@ def cmd_report(args: argparse.Namespace) -> int:
                     sys.exit(f"percorso report: {name}:{exc.lineno}: not JSON: {exc.msg}")
     else:
         from percorso.clients import Codecs
-        from percorso.tail import tail
 
         settings = _settings(args)
         _require_broker(settings)
-        codecs = Codecs.from_settings(settings)
-        topics = settings.topics
-        for topic, kind in ((topics.transitions, "transition"), (topics.conversions, "conversion")):
-            try:
-                for record in tail(settings, topic, codecs, idle_timeout=args.idle_timeout):
-                    records.append({"kind": kind, **record})
-            except ValueError as exc:
-                sys.exit(f"percorso report: {exc}")
+        try:
+            records = records_from_topics(
+                settings, Codecs.from_settings(settings), args.idle_timeout
+            )
+        except ValueError as exc:
+            sys.exit(f"percorso report: {exc}")
     print(render(build_report(records), args.json))
     return 0
 

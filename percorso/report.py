@@ -135,6 +135,19 @@ def read_records(stream: TextIO) -> Iterable[dict[str, Any]]:
             yield json.loads(line)
 
 
+def records_from_topics(settings: Any, codecs: Any, idle_timeout: float) -> list[dict[str, Any]]:
+    """Every transition and conversion on the deployment's topics, from the beginning, until
+    ``idle_timeout`` seconds pass without a record (settings: ``percorso.config.Settings``)."""
+    from percorso.tail import tail
+
+    topics = settings.topics
+    records: list[dict[str, Any]] = []
+    for topic, kind in ((topics.transitions, "transition"), (topics.conversions, "conversion")):
+        for record in tail(settings, topic, codecs, idle_timeout=idle_timeout):
+            records.append({"kind": kind, **record})
+    return records
+
+
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
 

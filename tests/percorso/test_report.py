@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from journeys.engine import assign_variant
 from journeys.loader import load_catalog
 from journeys.simulate import run_simulation
 from percorso.cli import main
+from percorso.config import Settings
 from percorso.report import build_report, render
 
 HOUR = 3_600_000
@@ -164,3 +166,26 @@ def test_report_reads_simulate_output(tmp_path: Path, capsys: pytest.CaptureFixt
         assert row["mean_time_to_convert_ms"] == pytest.approx(2 * HOUR)
     assert main(["report", str(simulated)]) == 0
     assert "uplift vs holdout (95% CI)" in capsys.readouterr().out
+
+
+def test_report_reads_the_topics(settings_factory: Callable[..., Settings]) -> None:
+    from percorso import clients
+    from percorso.report import records_from_topics
+    from percorso.topics import ensure_topics, percorso_topics
+
+    settings = settings_factory()
+    ensure_topics(clients.admin(settings), percorso_topics(settings))
+    codecs = clients.Codecs.from_settings(settings)
+    producer = clients.producer(settings)
+    sent = [entry(f"a{n}", "a") for n in range(3)] + [entry(f"h{n}", "holdout") for n in range(2)]
+    for t in sent:
+        record = {k: v for k, v in t.items() if k != "kind"}
+        record.update(at=10 * HOUR, cause="e", instance=1)
+        producer.produce(settings.topics.transitions, b"k", codecs.transition.encode(record))
+    bought = {k: v for k, v in conversion("a0", "a", 2).items() if k != "kind"}
+    bought.update(cause="p", customer_id="a0")
+    producer.produce(settings.topics.conversions, b"k", codecs.conversion.encode(bought))
+    producer.flush(10)
+    rows = build_report(records_from_topics(settings, codecs, idle_timeout=3.0))
+    assert [(r.variant, r.entries, r.conversions) for r in rows] == [("a", 3, 1), ("holdout", 2, 0)]
+    assert rows[0].uplift == pytest.approx(1 / 3)

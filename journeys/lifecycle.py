@@ -529,8 +529,10 @@ class LifecycleEngine(Engine):
     def _remember_actions(self, step: Step) -> None:
         journeys = step.state["journeys"]
         for a in step.actions:
-            if a["journey_id"] in self._converting:
-                js = journeys.get(a["journey_id"])
+            jid = a["journey_id"]
+            if _split_instance(jid)[0] in self._converting:
+                # a deferred action released for an instance set aside this step: K#V
+                js = journeys.get(jid) or self._parked.get(jid)
                 if js is not None:
                     js["last_action"] = a["action_id"]
 
@@ -560,16 +562,22 @@ class LifecycleEngine(Engine):
             return
         for a in step.actions:
             jid = a["journey_id"]
+            aside = self._parked.get(jid)
+            if aside is not None:  # released for an instance set aside: the engine saw no stage
+                a["stage"] = aside["stage"]
             self._label(a, jid, instances.get(jid))
             stages = a["context"]["stages"]
             if any(k in public for k in stages):
                 a["context"]["stages"] = {public.get(k, (k, 0))[0]: v for k, v in stages.items()}
         step.suppressed = [
-            s
-            if s.journey_id not in public
-            else Suppressed(public[s.journey_id][0], s.action, s.reason, s.trigger)
+            Suppressed(self._public_id(s.journey_id), s.action, s.reason, s.trigger)
             for s in step.suppressed
         ]
+
+    def _public_id(self, key: str) -> str:
+        slot = _split_instance(key)[0]
+        names = self._public.get(slot)
+        return names[0] if names is not None else slot
 
 
 def _split_instance(key: str) -> tuple[str, str | None]:

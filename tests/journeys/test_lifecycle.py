@@ -577,6 +577,26 @@ class TestInstances:
         c.does("cart_add", cart_id="A")
         assert c.state is not None and set(c.state["journeys"]) == {"cart#", "cart#A"}
 
+    def test_a_deferred_action_of_an_instance_keeps_its_instance(self, tmp_path: Path) -> None:
+        quiet = POLICIES + "quiet_hours: {start: '21:00', end: '08:00', channels: [email]}\n"
+        folder = tmp_path / "quiet"
+        folder.mkdir()
+        (folder / "cart.yaml").write_text(cart(extra=KEYED + "\n" + CONVERSION))
+        (folder / "policies.yaml").write_text(quiet)
+        c = Customer(LifecycleEngine(load_catalog(folder)), start=T0.replace(hour=22))
+        c.does("cart_add", cart_id="A")
+        c.wait(minutes=1).does("cart_add", cart_id="B")
+        c.wait(minutes=31).tick()
+        assert c.actions == [] and c.steps[-1].deferred == 2
+        c.wait(hours=10).tick()  # past 08:00 in Rome: both released
+        assert sorted((a["instance_key"], a["stage"]) for a in c.actions) == [
+            ("A", "abandoned"),
+            ("B", "abandoned"),
+        ]
+        reminder_a = next(a for a in c.actions if a["instance_key"] == "A")
+        step = c.wait(minutes=5).does("purchase", cart_id="A")
+        assert step.conversions[0]["attributed_action_id"] == reminder_a["action_id"]
+
     def test_a_stopped_version_ends_every_instance(self, tmp_path: Path) -> None:
         c = Customer(catalog(tmp_path, "one", cart(1, extra=KEYED)))
         c.does("cart_add", cart_id="A")

@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from journeys.engine import Engine
+from journeys.engine import Engine, assign_variant
 from journeys.lifecycle import LifecycleEngine
 from journeys.loader import load_catalog
 from journeys.simulate import replay
@@ -375,3 +375,75 @@ def test_each_instance_lives_as_if_its_touchpoints_were_the_only_ones(
         alone = [e for e in events if e["attributes"]["cart_id"] == cart]
         transitions = [tr for step in replay(SINGLE_CART, alone, end) for tr in step.transitions]
         assert together.get(cart, []) == transitions, cart
+
+
+# -- conversions ---------------------------------------------------------------------------------
+
+EVOLVING = LifecycleEngine(load_catalog(CATALOG_DIR.parents[1] / "examples" / "evolving" / "v1"))
+WEEK = 7 * 24 * 60 * MINUTE
+_GROUPS = [assign_variant(EVOLVING.catalog.journey("cart"), f"c{n}") for n in range(50)]
+# one customer held out, two in the treated variant
+SHOPPERS = [
+    f"c{_GROUPS.index('holdout')}",
+    *[f"c{n}" for n, g in enumerate(_GROUPS) if g == "reminder"][:2],
+]
+# carts: (minutes after the previous cart, customer, cart id, bought after N minutes or never)
+carts = st.lists(
+    st.tuples(
+        st.sampled_from([1, 20, 61, 600, 3000]),
+        st.sampled_from(SHOPPERS),
+        st.sampled_from(["A", "B"]),
+        st.none() | st.sampled_from([5, 59, 61, 90, 3000, 10_079, 10_081]),
+    ),
+    min_size=1,
+    max_size=15,
+)
+
+
+@common
+@given(carts)
+def test_conversions_are_inside_their_window_once_and_attributed_to_what_was_sent(
+    plan: list[tuple[int, str, str, int | None]],
+) -> None:
+    t = ms(T0)
+    events = []
+    for n, (gap, customer, cart, bought_after) in enumerate(plan):
+        t += gap * MINUTE
+        moments = [("cart_add", t)]
+        if bought_after is not None:
+            moments.append(("purchase", t + bought_after * MINUTE))
+        for kind, at in moments:
+            events.append(
+                {
+                    "event_id": f"e{n}-{kind}",
+                    "customer_id": customer,
+                    "channel": "web",
+                    "type": kind,
+                    "occurred_at": at,
+                    "attributes": {"cart_id": cart, "amount": "10"},
+                    "source": None,
+                }
+            )
+    events.sort(key=lambda e: e["occurred_at"])
+    t = events[-1]["occurred_at"]
+    sent: dict[tuple[str, str], list[tuple[int, str]]] = defaultdict(list)
+    seen: set[tuple[str, str, int]] = set()
+    journey = EVOLVING.catalog.journey("cart")
+    for step in replay(EVOLVING, events, t + 2 * WEEK):
+        for a in step.actions:
+            sent[(a["customer_id"], a["instance_key"])].append((a["created_at"], a["action_id"]))
+        for c in step.conversions:
+            assert c["entered_at"] <= c["at"] <= c["entered_at"] + WEEK
+            once = (c["customer_id"], c["instance"], c["entered_at"])
+            assert once not in seen, "an instance converted twice"
+            seen.add(once)
+            assert c["variant"] == assign_variant(journey, c["customer_id"])
+            before = [
+                i
+                for at, i in sent[(c["customer_id"], c["instance"])]
+                if c["entered_at"] <= at < c["at"]
+            ]
+            if c["variant"] == "holdout":
+                assert c["attributed_action_id"] is None and not before
+            else:
+                assert c["attributed_action_id"] == (before[-1] if before else None)

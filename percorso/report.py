@@ -22,10 +22,13 @@ conversions (``journeys.lifecycle``); elsewhere the variant column is empty.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TextIO
+
+log = logging.getLogger(__name__)
 
 EXIT_STAGES = frozenset({"completed", "exited", "inactive"})
 HOLDOUT = "holdout"
@@ -137,14 +140,21 @@ def read_records(stream: TextIO) -> Iterable[dict[str, Any]]:
 
 def records_from_topics(settings: Any, codecs: Any, idle_timeout: float) -> list[dict[str, Any]]:
     """Every transition and conversion on the deployment's topics, from the beginning, until
-    ``idle_timeout`` seconds pass without a record (settings: ``percorso.config.Settings``)."""
+    ``idle_timeout`` seconds pass without a record (settings: ``percorso.config.Settings``).
+    A record that does not decode is left out, with a warning."""
     from percorso.tail import tail
 
     topics = settings.topics
     records: list[dict[str, Any]] = []
     for topic, kind in ((topics.transitions, "transition"), (topics.conversions, "conversion")):
+        skipped = 0
         for record in tail(settings, topic, codecs, idle_timeout=idle_timeout):
+            if "undecodable" in record:
+                skipped += 1
+                continue
             records.append({"kind": kind, **record})
+        if skipped:
+            log.warning("%s: %d record(s) that do not decode were left out", topic, skipped)
     return records
 
 

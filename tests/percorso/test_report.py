@@ -181,10 +181,13 @@ def test_report_reads_the_topics(settings_factory: Callable[..., Settings]) -> N
     for t in sent:
         record = {k: v for k, v in t.items() if k != "kind"}
         record.update(at=10 * HOUR, cause="e", instance=1)
-        producer.produce(settings.topics.transitions, b"k", codecs.transition.encode(record))
+        producer.produce(
+            settings.topics.transitions, key=b"k", value=codecs.transition.encode(record)
+        )
     bought = {k: v for k, v in conversion("a0", "a", 2).items() if k != "kind"}
     bought.update(cause="p", customer_id="a0")
-    producer.produce(settings.topics.conversions, b"k", codecs.conversion.encode(bought))
+    producer.produce(settings.topics.conversions, key=b"k", value=codecs.conversion.encode(bought))
+    producer.produce(settings.topics.conversions, key=b"k", value=b"\x00")  # not a conversion
     producer.flush(10)
     rows = build_report(records_from_topics(settings, codecs, idle_timeout=3.0))
     assert [(r.variant, r.entries, r.conversions) for r in rows] == [("a", 3, 1), ("holdout", 2, 0)]

@@ -245,3 +245,12 @@ def test_http_is_read_only_and_serves_the_page(tmp_path: Path) -> None:
     finally:
         server.shutdown()
         store.close()
+
+
+def test_versions_of_a_journey_are_one_journey_on_the_page() -> None:
+    from journeys.loader import load_catalog
+    from percorso.analytics.service import catalog_view
+
+    examples = Path(__file__).resolve().parents[2] / "examples" / "evolving"
+    order, names = catalog_view(load_catalog(examples / "v2"))
+    assert order == {"cart": ["carted", "checkout", "abandoned"]} and names == {"cart": "cart"}

@@ -37,7 +37,14 @@ from agents import patches
 from agents.checkpoint import Checkpoint, Offsets
 from agents.metrics import CONTENT_TYPE, Metrics, Tally
 from agents.partition import PartitionProcessor, partition_for
-from agents.processor import Outgoing, Processor, index_range, parse_index_key
+from agents.processor import (
+    OUTPUT_TOO_LARGE,
+    STATE_TOO_LARGE,
+    Outgoing,
+    Processor,
+    index_range,
+    parse_index_key,
+)
 from agents.producer import OutputProducer
 from agents.store import PartitionStore
 from agents.stored import stages_of
@@ -92,6 +99,7 @@ class Runtime:
         self.metrics = Metrics(registry, channels=STANDARD_CHANNELS | catalog.channels())
         self.app = self._create_app()
         self.output = OutputProducer(settings)
+        self.output.on_quarantined = self.metrics.dead_letters.labels(OUTPUT_TOO_LARGE).inc
         n = options.partitions
         t = settings.topics
         self.repartition_name = f"{settings.app_id}-repartition"
@@ -244,6 +252,10 @@ class Runtime:
     async def _checkpoint(self) -> None:
         await self.checkpoint.run(list(self.parts.values()))
         self._checkpointed_at = time.monotonic()
+        for part in self.parts.values():  # values the checkpoint dead-lettered for their size
+            if part.state_too_large:
+                self.metrics.dead_letters.labels(STATE_TOO_LARGE).inc(part.state_too_large)
+                part.state_too_large = 0
 
     async def _commit(self, offsets: Offsets) -> bool:
         return await patches.commit(self.app, offsets)
@@ -284,14 +296,20 @@ class Runtime:
         return patches.flow_active(self.app) and self.ready()[0]
 
     def safe_time(self, partition: int, now: int) -> int | None:
-        """Up to which event time this partition's wake-ups may fire (None: not yet)."""
+        """Up to which event time this partition's wake-ups may fire (None: not yet). Caught up
+        means: every record up to the high watermark of the last fetch response was applied,
+        so the wall clock *as of that response* (minus the grace) is safe; otherwise the latest
+        event time applied on the partition."""
+        fetched = now
         for topic in self.topics:
             position = patches.position(self.app, topic, partition)
             highwater = patches.highwater(self.app, topic, partition)
-            if position is None or highwater is None or position < highwater:
+            at = patches.last_fetch_ms(self.app, topic, partition)
+            if position is None or highwater is None or at is None or position < highwater:
                 part = self.parts.get(partition)
                 return part.watermark if part is not None else None
-        return now - self.options.window_grace_ms
+            fetched = min(fetched, at)
+        return fetched - self.options.window_grace_ms
 
     async def fire_due(self, now: int) -> None:
         """Fire what is due on every owned partition, up to its safe time, in rounds of at

@@ -6,7 +6,8 @@ order (each step starts only when the one before succeeded):
 1. The outputs (actions, transitions, dead letters, re-keyed touchpoints) were handed to the
    producer while the records were processed.
 2. The producer is flushed: every one of them is delivered.
-3. Each key the partitions changed is produced to its changelog partition, once.
+3. Each key the partitions changed is produced to its changelog partition, once (a customer
+   value beyond the state limit is dead-lettered instead: ``PartitionProcessor.changes``).
 4. The producer is flushed again: every changelog record is delivered; their offsets are known.
 5. The input offsets are committed: all records before them are applied, and everything they
    caused is durable.
@@ -86,7 +87,7 @@ class Checkpoint:
         changes: list[tuple[PartitionProcessor, list[tuple[bytes, bytes | None]]]] = []
         for part in parts:
             if part.store.dirty:
-                batch = list(part.store.changes())
+                batch = part.changes()
                 changes.append((part, batch))
                 partition = part.partition
                 for key, value in batch:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from percorso.children import ChildProcess
 from percorso.config import Settings
+from percorso.limits import ENV as LIMITS_ENV
 
 
 def worker_env(settings: Settings, broker_profile: str, **extra: str) -> dict[str, str]:
@@ -37,6 +38,7 @@ def worker_env(settings: Settings, broker_profile: str, **extra: str) -> dict[st
         "PERCORSO_WINDOW_GRACE_MS": str(settings.window_grace_ms),
         "PERCORSO_TIME_SCALE": str(settings.time_scale),
         "PYTHONUNBUFFERED": "1",
+        **{variable: str(getattr(settings.limits, name)) for name, variable in LIMITS_ENV.items()},
     }
     env.update(extra)
     return env

@@ -20,6 +20,7 @@ from agents.metrics import Tally
 from agents.processor import (
     CORRUPT_STATE,
     LATE,
+    STATE_TOO_LARGE,
     Applied,
     Outgoing,
     Position,
@@ -31,6 +32,7 @@ from agents.processor import (
 )
 from agents.store import PartitionStore
 from journeys.engine import Tick
+from percorso.limits import ENV
 
 log = logging.getLogger("percorso.agents")
 
@@ -78,6 +80,7 @@ class PartitionProcessor:
         self.offsets: dict[str, int] = {}  # topic -> next offset to commit (all before: applied)
         self.watermark: int | None = None  # latest event time applied
         self.latest_event_ms = 0
+        self.state_too_large = 0  # customer values not written for their size
 
     # -- records ----------------------------------------------------------------------------
 
@@ -93,7 +96,7 @@ class PartitionProcessor:
             offset = record.offset
             value = record.value
             try:
-                touchpoint = processor.decode(value)
+                touchpoint = processor.decode(value, now, record.headers)
             except Rejected as rejected:
                 tally.touchpoint("other", "rejected")
                 self._dead_letter(record, topic, rejected.error_class, str(rejected), tally)
@@ -200,6 +203,43 @@ class PartitionProcessor:
             self.store.remove(key)
         else:
             self.store.forget(key)
+
+    # -- the checkpoint ---------------------------------------------------------------------
+
+    def changes(self) -> list[tuple[bytes, bytes | None]]:
+        """What the checkpoint writes for this partition (``PartitionStore.changes``), less a
+        customer whose stored value grew beyond ``max_state_bytes``: that value is not
+        written, so the customer keeps its last stored value (this interval's changes to it
+        are dropped), and it goes to the dead-letter topic instead (``StateTooLarge``, cut to
+        fit), so the changelog record always fits in a Kafka record. The bounded state
+        (journeys/state.py) and input limits keep every customer far below it."""
+        limit = self.processor.limits.max_state_bytes
+        batch: list[tuple[bytes, bytes | None]] = []
+        for key, value in self.store.changes():
+            if value is not None and len(value) > limit and key.startswith(b"c:"):
+                log.error(
+                    "%s: customer %s: a stored value of %s bytes, more than %s: not written",
+                    STATE_TOO_LARGE,
+                    key[2:].decode(errors="replace"),
+                    len(value),
+                    limit,
+                )
+                self.produce(
+                    self.processor.dead_letter(
+                        key[2:],
+                        value,
+                        STATE_TOO_LARGE,
+                        f"the customer's stored value would be {len(value)} bytes, more than "
+                        f"{limit} (limit max_state_bytes, {ENV['max_state_bytes']}); it keeps "
+                        f"its last stored value",
+                        Position("checkpoint", self.partition, -1),
+                    ),
+                    None,
+                )
+                self.state_too_large += 1
+                continue
+            batch.append((key, value))
+        return batch
 
     # -- wake-ups ---------------------------------------------------------------------------
 

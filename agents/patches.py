@@ -11,7 +11,8 @@ runtime registers its partition loop. docs/architecture.md lists them.
 - ``ProducerBuffer.flush`` returns before the buffer is empty (durability).
 - ``seek_to_committed`` skips partitions without a committed offset, so records dropped from
   the stream buffers when recovery completes are never read again (durability).
-- The consumer's ``fetch_max_wait_ms`` is hardcoded (embedded broker only: latency).
+- The consumer's ``fetch_max_wait_ms`` is hardcoded to 1500 ms (latency: it is how stale an idle
+  partition's caught-up time can be).
 - End offsets for table recovery come from ListOffsets, which the embedded broker answers
   wrongly (embedded broker only: durability).
 - Faust's aiokafka producer is idempotent only inside
@@ -410,6 +411,20 @@ def position(app: Any, topic: str, partition: int) -> int | None:
         return cast(int | None, position_reader(app.consumer)(TP(topic, partition)))
     except AttributeError:  # the consumer thread is not started
         return None
+
+
+def last_fetch_ms(app: Any, topic: str, partition: int) -> int | None:
+    """When aiokafka last had a fetch response for the partition (epoch ms; None: never, or
+    not assigned): its high watermark is as of then."""
+    from faust.types import TP
+
+    try:
+        aio = app.consumer._thread._consumer
+        state = aio._subscription.subscription.assignment._tp_state.get(TP(topic, partition))
+    except AttributeError:
+        return None
+    stamp = None if state is None else state.timestamp
+    return None if stamp is None else int(stamp)
 
 
 def committed_offset(app: Any, topic: str, partition: int) -> int | None:

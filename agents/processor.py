@@ -28,12 +28,16 @@ from journeys.engine import Engine, Step, Tick
 from percorso.clients import Codecs
 from percorso.codec import SerializationError
 from percorso.config import Settings
-from percorso.records import InvalidTouchpoint, validate_touchpoint
+from percorso.limits import ENV
+from percorso.records import FutureEvent, InvalidTouchpoint, check_event_time, validate_touchpoint
 
 # Dead-letter error classes (header percorso.error.class)
 UNDECODABLE = "SerializationError"
 INVALID = "InvalidTouchpoint"
 LATE = "LateEvent"
+FUTURE = "FutureEvent"  # dated further ahead of the worker's clock than the allowed skew
+STATE_TOO_LARGE = "StateTooLarge"  # a customer's stored value beyond the limit, not written
+OUTPUT_TOO_LARGE = "OutputTooLarge"  # an output the broker refused as too large, cut to fit
 CORRUPT_STATE = "CorruptState"  # the customer's stored value cannot be decoded
 ENGINE_ERROR = "EngineError"  # the engine raised on this customer and this input
 
@@ -44,7 +48,7 @@ class Outgoing:
 
     topic: str
     key: bytes | None
-    value: bytes
+    value: bytes | None  # None: a null value (a dead letter of a null record)
     headers: list[tuple[str, bytes]] = field(default_factory=list)
 
 
@@ -85,6 +89,58 @@ class Quarantined(Rejected):
         self.stored = stored
 
 
+MAX_KEPT_KEY_BYTES = 1024  # of a dead letter's key, when the record must be cut
+MAX_KEPT_HEADER_BYTES = 4096  # of any header value, when cutting the value is not enough
+_NOTES_BYTES = 200  # the headers ``fit`` adds
+
+
+Headers = list[tuple[str, bytes | None]] | Mapping[str, bytes | None]
+
+
+def _headers_size(headers: Headers | None) -> int:
+    if not headers:
+        return 0
+    pairs = headers.items() if isinstance(headers, Mapping) else headers
+    return sum(len(name) + len(value or b"") for name, value in pairs)
+
+
+def record_size(out: Outgoing) -> int:
+    """What a record weighs against librdkafka's ``message.max.bytes``."""
+    return (
+        len(out.key or b"")
+        + len(out.value or b"")
+        + sum(len(name) + len(value) for name, value in out.headers)
+    )
+
+
+def fit(out: Outgoing, limit: int) -> Outgoing:
+    """``out`` if its key, value and headers together are within ``limit`` bytes; else a copy
+    cut to fit: the key to its first ``MAX_KEPT_KEY_BYTES``, the value to what room is left
+    (after header values beyond ``MAX_KEPT_HEADER_BYTES`` are cut too, if that is not enough),
+    with ``percorso.error.truncated: true`` and the original sizes in headers. A null value
+    stays null."""
+    if record_size(out) <= limit:
+        return out
+    key, value, headers = out.key, out.value, list(out.headers)
+    notes = [("percorso.error.truncated", b"true")]
+    if value is not None:
+        notes.append(("percorso.error.original_size", str(len(value)).encode()))
+    if key is not None and len(key) > MAX_KEPT_KEY_BYTES:
+        notes.append(("percorso.error.original_key_size", str(len(key)).encode()))
+        key = key[:MAX_KEPT_KEY_BYTES]
+    room = limit - _NOTES_BYTES - record_size(Outgoing(out.topic, key, None, headers))
+    if room < 0:
+        cut = [name for name, v in headers if len(v) > MAX_KEPT_HEADER_BYTES]
+        notes += [
+            (f"{name}.original_size", str(len(v)).encode()) for name, v in headers if name in cut
+        ]
+        headers = [(name, v[:MAX_KEPT_HEADER_BYTES]) for name, v in headers]
+        room = limit - _NOTES_BYTES - record_size(Outgoing(out.topic, key, None, headers))
+    if value is not None:
+        value = value[: max(0, room)]
+    return Outgoing(out.topic, key, value, headers + notes)
+
+
 def customer_key(customer_id: str) -> bytes:
     return b"c:" + customer_id.encode()
 
@@ -109,19 +165,42 @@ class Processor:
         self.engine = engine
         self.codecs = codecs
         self.topics = settings.topics
+        self.limits = settings.limits
+        # attributes whose values become part of state keys: correlations and instance keys
+        self.correlated = frozenset(
+            k for j in engine.catalog.journeys for w in j.windows for k in w.correlate
+        ) | frozenset(j.instance_attribute for j in engine.catalog.journeys if j.instance_attribute)
 
     # -- ingest -----------------------------------------------------------------------------
 
-    def decode(self, value: bytes | None) -> dict[str, Any]:
-        """A valid touchpoint from the wire, or Rejected with the reason."""
+    def decode(
+        self, value: bytes | None, now: int | None = None, headers: Headers | None = None
+    ) -> dict[str, Any]:
+        """A valid touchpoint from the wire, or Rejected with the reason. With ``now`` (the
+        worker's wall clock), a touchpoint dated too far ahead of it is refused as well. The
+        record's ``headers`` count towards its size: a re-keyed copy carries them."""
+        limit = self.limits.max_touchpoint_bytes
+        size = len(value or b"") + _headers_size(headers)
+        if size > limit:
+            raise Rejected(
+                INVALID,
+                f"record: {size} bytes of value and headers, more than the {limit} a "
+                f"touchpoint may have (limit max_touchpoint_bytes, {ENV['max_touchpoint_bytes']})",
+            )
         try:
             record = self.codecs.touchpoint.decode(value)
         except SerializationError as exc:
             raise Rejected(UNDECODABLE, str(exc)) from exc
         try:
-            return validate_touchpoint(record)
+            touchpoint = validate_touchpoint(record, self.limits, self.correlated)
         except InvalidTouchpoint as exc:
             raise Rejected(INVALID, str(exc)) from exc
+        if now is not None:
+            try:
+                check_event_time(touchpoint["occurred_at"], now, self.limits)
+            except FutureEvent as exc:
+                raise Rejected(FUTURE, str(exc)) from exc
+        return touchpoint
 
     def dead_letter(
         self,
@@ -131,11 +210,13 @@ class Processor:
         message: str,
         source: Position,
     ) -> Outgoing:
-        """The original bytes, unchanged, with the contract's error headers."""
-        return Outgoing(
+        """The original bytes with the contract's error headers; a null value stays null (an
+        empty one stays empty). A record beyond ``max_dead_letter_bytes`` is cut to fit
+        (``fit``), so the dead letter of an oversized record can always be written."""
+        out = Outgoing(
             self.topics.dlq,
             key,
-            value or b"",
+            value,
             [
                 ("percorso.error.class", error_class.encode()),
                 ("percorso.error.message", message[:4000].encode()),
@@ -144,6 +225,7 @@ class Processor:
                 ("percorso.source.offset", str(source.offset).encode()),
             ],
         )
+        return fit(out, self.limits.max_dead_letter_bytes)
 
     # -- engine -----------------------------------------------------------------------------
 

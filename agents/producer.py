@@ -11,6 +11,13 @@ input offset is committed only after everything its records caused was delivered
 cannot be delivered (librdkafka has retried it until ``message.timeout.ms``) fails that flush, so
 the commit does not happen and the worker stops: the records are processed again on restart,
 instead of being lost quietly.
+
+Except a record refused for its size (``MSG_SIZE_TOO_LARGE``, by librdkafka when it is produced or
+by the broker later): producing it again would be refused again, so stopping would only
+crash-loop the worker on the same offset. Such a record is quarantined instead: a copy cut to
+fit (``agents.processor.fit``) goes to the dead-letter topic with ``percorso.error.class:
+OutputTooLarge`` and the topic it was meant for, and the worker goes on. The limits
+(``percorso.limits``) keep valid input from ever getting there.
 """
 
 from __future__ import annotations
@@ -20,6 +27,9 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from confluent_kafka import KafkaError, KafkaException
+
+from agents.processor import OUTPUT_TOO_LARGE, Outgoing, Position, fit, record_size
 from percorso import clients
 from percorso.config import Settings
 
@@ -28,6 +38,8 @@ log = logging.getLogger("percorso.agents")
 QUEUE_MAX_MESSAGES = 200_000
 
 Delivered = Callable[[str, int, int], None]  # topic, partition, offset
+TOO_LARGE = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE})
+LAST_RESORT_BYTES = 64 * 1024  # a dead letter refused at the configured limit is cut to this
 
 
 class DeliveryFailed(Exception):
@@ -57,6 +69,13 @@ class OutputProducer:
         self.failed = 0
         self._failure: str | None = None
         self.sent = 0
+        self.quarantined = 0  # records refused for their size, sent to the DLQ cut to fit
+        self.dropped = 0  # ... whose dead letter was refused too
+        self.position: Position | None = None  # the input being processed, where known
+        self.on_quarantined: Callable[[], None] | None = None
+        self._dlq = settings.topics.dlq
+        self._dead_letter_limit = settings.limits.max_dead_letter_bytes
+        self._refused: list[tuple[Outgoing, str]] = []  # quarantined at the next produce/flush
 
     def __len__(self) -> int:
         """Records not yet delivered (or whose delivery report was not served yet)."""
@@ -64,6 +83,13 @@ class OutputProducer:
 
     def _report(self, err: Any, msg: Any) -> None:
         if err is not None:
+            self._undelivered(err, msg)
+
+    def _undelivered(self, err: Any, msg: Any) -> None:
+        if err.code() in TOO_LARGE:
+            out = Outgoing(msg.topic(), msg.key(), msg.value(), list(msg.headers() or []))
+            self._refused.append((out, str(err)))
+        else:
             self._failed(msg.topic(), err)
 
     def produce(
@@ -88,7 +114,7 @@ class OutputProducer:
 
             def report(err: Any, msg: Any) -> None:
                 if err is not None:
-                    self._failed(topic, err)
+                    self._undelivered(err, msg)
                 else:
                     on_delivery(msg.topic(), msg.partition(), msg.offset())
 
@@ -100,7 +126,70 @@ class OutputProducer:
                 break
             except BufferError:
                 self._producer.poll(0.005)
+            except KafkaException as exc:
+                error = exc.args[0]
+                if error.code() not in TOO_LARGE:
+                    raise
+                out = Outgoing(topic, key, value, list(headers or []))
+                self._quarantine(out, str(error), self.position)
+                return
         self.sent += 1
+        if self._refused:
+            self._quarantine_refused()
+
+    def _quarantine_refused(self) -> None:
+        refused, self._refused = self._refused, []
+        for out, error in refused:
+            self._quarantine(out, error, None)
+
+    def _quarantine(self, out: Outgoing, error: str, position: Position | None) -> None:
+        """Produce a record refused for its size to the dead-letter topic instead, cut to fit.
+        A dead letter refused for its size is produced again cut to the dead-letter limit
+        (headers added after it was made, such as a quarantine's stored state, may have grown
+        it), then to ``LAST_RESORT_BYTES`` (the limit is set higher than this broker takes);
+        refused again, it is dropped."""
+        if out.topic == self._dlq:
+            size = record_size(out)
+            if size > self._dead_letter_limit:
+                dead = fit(out, self._dead_letter_limit)
+            elif size > LAST_RESORT_BYTES:
+                dead = fit(out, LAST_RESORT_BYTES)
+            else:
+                self._drop(out.topic, error)
+                return
+            log.error("a dead letter was refused (%s): produced again cut to fit", error)
+            self.produce(dead.topic, dead.key, dead.value, dead.headers)
+            return
+        log.error(
+            "a record for %s (%s bytes) was refused (%s): quarantined to %s",
+            out.topic,
+            len(out.value or b""),
+            error,
+            self._dlq,
+        )
+        headers = [
+            *out.headers,
+            ("percorso.error.class", OUTPUT_TOO_LARGE.encode()),
+            ("percorso.error.message", f"a record for {out.topic} was refused: {error}".encode()),
+            ("percorso.output.topic", out.topic.encode()),
+        ]
+        if position is not None:
+            headers += [
+                ("percorso.source.topic", position.topic.encode()),
+                ("percorso.source.partition", str(position.partition).encode()),
+                ("percorso.source.offset", str(position.offset).encode()),
+            ]
+        dead = fit(Outgoing(self._dlq, out.key, out.value, headers), self._dead_letter_limit)
+        self.quarantined += 1
+        if self.on_quarantined is not None:
+            self.on_quarantined()
+        self.produce(dead.topic, dead.key, dead.value, dead.headers)
+
+    def _drop(self, topic: str, error: str) -> None:
+        """A dead letter refused even when cut to ``LAST_RESORT_BYTES``: there is nowhere left
+        to put it, and stopping would refuse it again on every restart."""
+        self.dropped += 1
+        log.error("a dead letter for %s was refused (%s) and dropped", topic, error)
 
     async def send(
         self,
@@ -126,8 +215,10 @@ class OutputProducer:
         """Wait until every record produced so far is delivered and its report served; raise
         if one was not. The runtime produces only from the partition loop, which awaits its
         checkpoint, so nothing is produced during a flush and this ends."""
-        while len(self._producer):
+        while len(self._producer) or self._refused:
             self._producer.poll(0)
+            if self._refused:  # their dead letters are part of what this flush waits for
+                self._quarantine_refused()
             if len(self._producer):
                 await asyncio.sleep(0.001)
         if self._failure is not None:

@@ -43,6 +43,10 @@ from journeys.model import (
     Window,
 )
 from journeys.state import (
+    MAX_CHANNEL_CHARS,
+    MAX_ENGAGEMENT_CHANNELS,
+    MAX_OPTED_OUT,
+    MAX_SEEN_CHARS,
     CustomerState,
     JourneyState,
     PendingAction,
@@ -50,7 +54,7 @@ from journeys.state import (
     new_customer,
 )
 
-StepOutcome = Literal["processed", "duplicate", "late", "tick"]
+StepOutcome = Literal["processed", "duplicate", "late", "tick", "future"]
 SuppressionReason = Literal[
     "holdout", "experiment", "suppression", "consent", "cap", "arbitration", "expired"
 ]
@@ -275,6 +279,8 @@ class Engine:
         excess = len(seen) - p.remember_events
         if excess > 0:
             del seen[:excess]
+        while len(seen) > 1 and sum(map(len, seen)) > MAX_SEEN_CHARS:
+            del seen[0]
         t = tp["occurred_at"]
         if t > state["watermark"]:
             state["watermark"] = t
@@ -298,10 +304,16 @@ class Engine:
         if tz and tz != state["timezone"] and _zone(tz) is not None:
             state["timezone"] = tz
         engagement = state["engagement"]
+        if channel not in engagement and len(engagement) >= MAX_ENGAGEMENT_CHANNELS:
+            del engagement[min(engagement, key=engagement.__getitem__)]  # the least engaged
         engagement[channel] = engagement.get(channel, 0) + 1
         if plan.consent_withdraw is not NEVER and holds(plan.consent_withdraw, attributes):
             target = attributes.get(p.consent_channel_attribute) or channel
-            if target not in state["opted_out"]:
+            if len(target) > MAX_CHANNEL_CHARS:
+                pass  # names no channel
+            elif len(state["opted_out"]) >= MAX_OPTED_OUT and target not in state["opted_out"]:
+                state["opted_out"] = ["all"]
+            elif target not in state["opted_out"]:
                 state["opted_out"].append(target)
                 state["opted_out"].sort()
         elif plan.consent_grant is not NEVER and holds(plan.consent_grant, attributes):

@@ -6,6 +6,13 @@ how other customers' events are interleaved), and, at the end of the input, ever
 clock is advanced to ``until`` (default: the latest event time in the file). Output is
 deterministic: the same input gives the same bytes.
 
+Touchpoints are held to the same limits as on the input topic (``percorso.limits``), and, as a
+worker refuses a touchpoint dated more than the allowed skew ahead of its wall clock, the replay
+refuses one dated more than the skew ahead of *its* clock: ``--until`` when given (the instant
+the replay stands for), else the time the replay starts. Such a touchpoint changes nothing and
+is reported with the outcome ``future`` (``--include late`` prints it). Every event time of
+a recorded file is behind its replay's clock, so this only refuses what a worker would have.
+
 A catalog change (``--catalog-change TIME=DIR``) replays what a deployment of another catalog
 at event time TIME does, customer by customer (so results still do not depend on how
 customers are interleaved): when a customer's clock reaches TIME (its first touchpoint at or
@@ -35,9 +42,12 @@ def replay(
     engine: Engine,
     touchpoints: Iterable[dict[str, Any]],
     until: int | None = None,
+    future_after: int | None = None,
     changes: Iterable[CatalogChange] = (),
 ) -> Iterator[Step]:
-    """Every step of the replay, in order; the final ticks come last, by customer id."""
+    """Every step of the replay, in order; the final ticks come last, by customer id. A
+    touchpoint dated after ``future_after`` is not applied: its step has the outcome
+    ``future`` (what a worker dead-letters as ``FutureEvent``)."""
     states: dict[str, CustomerState] = {}
     latest: int | None = None
     engines = [engine] + [e for _, e in sorted(changes, key=lambda c: c[0])]
@@ -59,6 +69,10 @@ def replay(
     for tp in touchpoints:
         customer = tp["customer_id"]
         t = tp["occurred_at"]
+        if future_after is not None and t > future_after:
+            known = states.get(customer)
+            yield Step(known if known is not None else engine.new_state(customer), "future")
+            continue
         if starts:
             yield from cross(customer, t)
         step = engines[phase.get(customer, 0)].advance(states.get(customer), tp)
@@ -96,7 +110,7 @@ def step_records(step: Step, include: frozenset[str]) -> Iterator[dict[str, Any]
     if "conversions" in include:
         for c in step.conversions:
             yield {"kind": "conversion", **c}
-    if "late" in include and step.outcome in ("late", "duplicate"):
+    if "late" in include and step.outcome in ("late", "duplicate", "future"):
         yield {"kind": step.outcome, "customer_id": step.state["customer_id"]}
 
 
@@ -113,6 +127,10 @@ def run_simulation(
     include: str = "actions,transitions,conversions",
     catalog_changes: Iterable[str] = (),
 ) -> int:
+    import os
+    import time
+
+    from percorso.limits import Limits
     from percorso.produce import LineError, open_events, read_jsonl
     from percorso.records import InvalidTouchpoint, parse_time_ms
 
@@ -140,6 +158,19 @@ def run_simulation(
     except InvalidTouchpoint as exc:
         print(f"percorso simulate: {exc}", file=err)
         return 1
+    try:
+        limits = Limits.from_env(os.environ)
+    except ValueError as exc:
+        print(f"percorso simulate: {exc}", file=err)
+        return 1
+    clock = until_ms if until_ms is not None else int(time.time() * 1000)
+    # attributes whose values become part of state keys: window correlations, instance keys
+    catalogs = [engine.catalog, *(e.catalog for _, e in changes)]
+    correlated = frozenset(
+        k for c in catalogs for j in c.journeys for w in j.windows for k in w.correlate
+    ) | frozenset(
+        j.instance_attribute for c in catalogs for j in c.journeys if j.instance_attribute
+    )
     wanted = frozenset(p.strip() for p in include.split(",") if p.strip())
     errors: list[LineError] = []
     try:
@@ -148,7 +179,10 @@ def run_simulation(
         print(f"percorso simulate: cannot read {events}: {exc.strerror}", file=err)
         return 1
     with stream:
-        for step in replay(engine, read_jsonl(stream, errors), until_ms, changes):
+        touchpoints = read_jsonl(stream, errors, limits, correlated)
+        for step in replay(
+            engine, touchpoints, until_ms, clock + limits.max_event_skew_ms, changes
+        ):
             for record in step_records(step, wanted):
                 out.write(dumps(record) + "\n")
     for e in errors:

@@ -9,6 +9,31 @@ from __future__ import annotations
 
 from typing import NotRequired, TypedDict
 
+# Bounds on the collections a customer's touchpoints make grow. They are part of the engine's
+# decisions (the same in every worker and in ``percorso simulate``), so they are constants, not
+# settings; the shipped journeys and traffic stay far inside them. Touchpoint fields are bounded
+# before they get here (``percorso.limits``), which bounds every stored string; these bound the
+# number of them. Windows are bounded in ``journeys.engine`` (MAX_WINDOWS_PER_JOURNEY), context
+# attributes too (MAX_CONTEXT_ATTRIBUTES, MAX_ATTRIBUTE_CHARS).
+
+MAX_SEEN_CHARS = 16 * 1024
+"""Characters of the event ids remembered for de-duplication, together. The policy's
+``remember_events`` (64 shipped) is the first bound; when the ids are long, the oldest are
+forgotten first until the rest fit (64 ids of the longest allowed 256 bytes just fit)."""
+
+MAX_ENGAGEMENT_CHANNELS = 32
+"""Channels whose touchpoints are counted for the channel choice. A touchpoint on a new channel
+when 32 are counted replaces the least engaged one (ties: the first counted), so the channels a
+customer really uses are kept; the shipped traffic uses 10."""
+
+MAX_OPTED_OUT = 32
+"""Channels a customer withdrew consent for, one by one. A withdrawal beyond 32 distinct
+channels is recorded as a withdrawal for all channels (``all``): when in doubt, do not send."""
+
+MAX_CHANNEL_CHARS = 256
+"""Characters of a channel name a consent change may name (the consent channel attribute):
+longer, it cannot name a channel of any journey file, and the change is ignored."""
+
 
 class RecentTouchpoint(TypedDict):
     event_id: str

@@ -55,9 +55,11 @@ class BrokerProfile:
     supports_idempotent_aiokafka: bool
     # cleanup.policy=compact is accepted but never applied: changelogs only grow.
     applies_compaction: bool
-    # Tansu holds a fetch over several partitions until fetch_max_wait even when one has data
-    # (faust hardcodes 1500 ms: ~0.5 s median delay per record). None: leave the client's.
-    fetch_max_wait_ms: int | None = None
+    # How long the broker may hold a fetch with no data (faust hardcodes 1500 ms). A partition
+    # counts as caught up only as of its last fetch response, so on an idle partition this
+    # delays wake-ups by up to that much (docs/architecture.md). Tansu also holds a fetch over
+    # several partitions until then even when one has data. None: leave faust's.
+    fetch_max_wait_ms: int | None = 250
     # Tansu answers ListOffsets(latest) wrongly when the last batch holds several records, so
     # faust's table recovery would stop short of the changelog's end and states would revert
     # while committed offsets are past the events they lack: lost updates after a crash. Fetch
@@ -73,6 +75,7 @@ PRODUCTION_PROFILE = BrokerProfile(
     recovery_consistency_check=True,
     supports_idempotent_aiokafka=True,
     applies_compaction=True,
+    fetch_max_wait_ms=250,
 )
 
 # Tansu's group coordinator waits for the rebalance timeout when a member joins: short timeouts
@@ -99,6 +102,7 @@ TEST_KAFKA_PROFILE = BrokerProfile(
     recovery_consistency_check=True,
     supports_idempotent_aiokafka=True,
     applies_compaction=True,
+    fetch_max_wait_ms=250,
 )
 
 

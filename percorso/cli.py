@@ -79,7 +79,7 @@ def cmd_produce(args: argparse.Namespace) -> int:
             args.customers,
             seed=args.seed,
             rate=args.rate or 100.0,
-            start_ms=args.start_ms if args.start_ms is not None else _now_ms(),
+            start_ms=args.start_ms if args.start_ms is not None else _synthetic_start(args),
         )
         total = args.count
         events = (traffic.next_event() for _ in range(args.count)) if args.count else traffic
@@ -116,6 +116,15 @@ def _now_ms() -> int:
     import time
 
     return int(time.time() * 1000)
+
+
+def _synthetic_start(args: argparse.Namespace) -> int:
+    """Paced (or endless) traffic is live: it starts now. A fixed count sent as fast as
+    possible ends now instead, so no event is dated ahead of the clock of the workers that read
+    it (they refuse what is more than PERCORSO_MAX_EVENT_SKEW_MS ahead)."""
+    if args.count and not args.rate:
+        return _now_ms() - int(args.count * 1000 / 100.0)  # 100 event-time events/s
+    return _now_ms()
 
 
 def cmd_tail(args: argparse.Namespace) -> int:
@@ -271,7 +280,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, help="synthetic: stop after this many events")
     p.add_argument("--seed", type=int, default=7, help="synthetic: random seed")
     p.add_argument(
-        "--start-ms", type=int, help="synthetic: event time of the first event (default: now)"
+        "--start-ms",
+        type=int,
+        help="synthetic: event time of the first event (default: now; with --count and no "
+        "--rate, so that the last event is now: workers refuse event times ahead of their clock)",
     )
     p.add_argument("--topic", help="input topic (env PERCORSO_TOPIC_TOUCHPOINTS)")
     p.add_argument("--ensure-topics", action="store_true", help="create Percorso's topics first")

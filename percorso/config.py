@@ -7,6 +7,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from percorso.limits import DEFAULT as DEFAULT_LIMITS
+from percorso.limits import Limits
+
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 
 DEFAULT_ACTION_CHANNELS = ("email", "sms", "push", "agent", "web", "app")
@@ -67,6 +70,7 @@ class Settings:
     tick_interval_s: float = 1.0
     window_grace_ms: int = 0
     time_scale: float = 1.0  # >1 compresses every journey duration (the demo only)
+    limits: Limits = DEFAULT_LIMITS  # input, state and dead-letter bounds (percorso/limits.py)
 
     @classmethod
     def from_env(cls, env: os._Environ[str] | dict[str, str] | None = None) -> Settings:
@@ -113,6 +117,7 @@ class Settings:
             tick_interval_s=float(e.get("PERCORSO_TICK_INTERVAL", base.tick_interval_s)),
             window_grace_ms=int(e.get("PERCORSO_WINDOW_GRACE_MS", base.window_grace_ms)),
             time_scale=float(e.get("PERCORSO_TIME_SCALE", base.time_scale)),
+            limits=Limits.from_env(e),
         )
 
     def kafka_config(self) -> dict[str, Any]:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
 from percorso.clients import Codecs
+from percorso.limits import DEFAULT, Limits
 from percorso.records import InvalidTouchpoint, touchpoint_from_json
 
 
@@ -38,14 +39,20 @@ class ProduceSummary:
         }
 
 
-def read_jsonl(stream: TextIO, errors: list[LineError]) -> Iterator[dict[str, Any]]:
-    """Touchpoints from JSON lines; each invalid line is recorded with its number and skipped."""
+def read_jsonl(
+    stream: TextIO,
+    errors: list[LineError],
+    limits: Limits = DEFAULT,
+    correlated: Collection[str] = (),
+) -> Iterator[dict[str, Any]]:
+    """Touchpoints from JSON lines; each invalid line (``limits`` included: see
+    ``validate_touchpoint``) is recorded with its number and skipped."""
     for number, line in enumerate(stream, start=1):
         text = line.strip()
         if not text or text.startswith("#"):
             continue
         try:
-            yield touchpoint_from_json(json.loads(text))
+            yield touchpoint_from_json(json.loads(text), limits, correlated)
         except json.JSONDecodeError as exc:
             errors.append(LineError(number, f"not JSON: {exc.msg} (column {exc.colno})"))
         except InvalidTouchpoint as exc:

@@ -50,8 +50,9 @@ def decode_message(msg: Any, codec: AvroCodec | None, with_meta: bool) -> dict[s
         "key": key,
         "headers": headers,
     }
-    if codec is None:  # dead letters: the original bytes, as they were
-        return {**meta, "value_base64": base64.b64encode(msg.value() or b"").decode()}
+    if codec is None:  # dead letters: the original bytes, as they were (null stays null)
+        raw = msg.value()
+        return {**meta, "value_base64": None if raw is None else base64.b64encode(raw).decode()}
     value: Any
     try:
         value = codec.decode(msg.value())

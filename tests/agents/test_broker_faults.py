@@ -366,8 +366,11 @@ def test_compacted_changelog_alone_recovers_the_state(
     moving = {c for c in soon if soon[c] != after.get(c)}
     events = [e for e in events if e["customer_id"] not in moving]
     assert len(events) > 1000
-    for n in range(0, len(events), 500):  # spread over several changelog segments
-        produce(settings, events[n : n + 500])
+    # a customer's state reaches the changelog once per checkpoint (1 s) in which it changed:
+    # 30 bursts a checkpoint apart give each customer about 30 superseded copies, spread over
+    # several changelog segments
+    for n in range(0, len(events), 100):
+        produce(settings, events[n : n + 100])
         time.sleep(1.2)
     _, states = oracle(settings, 1.0, events, now_ms())
     _, later = oracle(settings, 1.0, events, now_ms() + 900_000)

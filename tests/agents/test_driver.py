@@ -300,7 +300,10 @@ def test_a_rolling_restart_with_a_new_catalog_equals_the_replay_of_the_change(
         return tuple(t.get(k) for k in keep)
 
     steps = replay(
-        LifecycleEngine(v1), [dict(e) for e in events], end, [(change, LifecycleEngine(v2))]
+        LifecycleEngine(v1),
+        [dict(e) for e in events],
+        end,
+        changes=[(change, LifecycleEngine(v2))],
     )
     for step in steps:
         want_actions |= {a["action_id"] for a in step.actions}
@@ -334,3 +337,50 @@ def test_a_rolling_restart_with_a_new_catalog_equals_the_replay_of_the_change(
     ]
     assert sorted(transitions, key=repr) == sorted(want_transitions, key=repr)
     assert not driver.dead_letters()
+
+
+def test_a_customer_grown_beyond_the_state_limit_keeps_its_last_stored_value(
+    tmp_path: Path,
+) -> None:
+    """The checkpoint does not write a customer value beyond ``max_state_bytes`` (its
+    changelog record might not fit in a Kafka record): the customer keeps its last stored
+    value, the value goes to the dead-letter topic as ``StateTooLarge``, the rest is written."""
+    from dataclasses import replace
+
+    from agents import stored
+    from percorso.config import Settings
+
+    base = Settings()
+    settings = replace(base, limits=replace(base.limits, max_state_bytes=4000))
+    driver = Driver(CATALOG, tmp_path, settings=settings)
+    t0 = EVENTS[0]["occurred_at"]
+
+    def touchpoint(event_id: str, customer: str, at: int, **attributes: str) -> dict[str, Any]:
+        return {
+            "event_id": event_id,
+            "customer_id": customer,
+            "channel": "web",
+            "type": "page_view",
+            "occurred_at": at,
+            "attributes": attributes,
+            "source": None,
+        }
+
+    driver.send([touchpoint("big-1", "big", t0), touchpoint("small-1", "small", t0)])
+    run(driver.run(t0))
+    assert set(driver.changelog_states()) == {"big", "small"}
+    wide = {f"a{n:02d}": "v" * 250 for n in range(16)}  # kept in the context: ~4 KB more
+    driver.send(
+        [touchpoint("big-2", "big", t0 + 1, **wide), touchpoint("small-2", "small", t0 + 1)]
+    )
+    run(driver.run(t0 + 1))
+    [dead] = driver.dead_letters()
+    headers = dict(dead.headers or [])
+    assert headers["percorso.error.class"] == b"StateTooLarge"
+    assert b"PERCORSO_MAX_STATE_BYTES" in headers["percorso.error.message"]
+    assert dead.key == b"big"
+    assert dead.value is not None and stored.decode(dead.value).state["seen"] == ["big-1", "big-2"]
+    states = driver.changelog_states()
+    assert states["big"]["seen"] == ["big-1"]  # its last stored value
+    assert states["small"]["seen"] == ["small-1", "small-2"]  # the rest is written
+    assert driver.states()["big"]["seen"] == ["big-1"]

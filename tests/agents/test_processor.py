@@ -4,6 +4,7 @@ deadline index, quarantine."""
 from __future__ import annotations
 
 import struct
+from dataclasses import replace
 
 import msgspec
 import pytest
@@ -12,13 +13,18 @@ from agents import stored
 from agents.processor import (
     CORRUPT_STATE,
     ENGINE_ERROR,
+    MAX_KEPT_HEADER_BYTES,
+    MAX_KEPT_KEY_BYTES,
+    Outgoing,
     Position,
     Processor,
     Quarantined,
     Rejected,
+    fit,
     index_key,
     index_range,
     parse_index_key,
+    record_size,
 )
 from agents.stored import Customer, stages_of
 from journeys.engine import Engine, Tick
@@ -214,3 +220,148 @@ def test_conversions_go_to_their_topic_with_the_version(tmp_path) -> None:  # ty
         if o.topic == SETTINGS.topics.transitions
     ]
     assert [(t["reason"], t["version"]) for t in transitions] == [("goal", 3)]
+
+
+# -- hostile input: limits, skew, dead letters that always fit -------------------------------
+
+
+def test_an_oversized_record_is_refused_before_it_is_decoded() -> None:
+    limit = SETTINGS.limits.max_touchpoint_bytes
+    encoded = CODECS.touchpoint.encode(tp("e", "page_view", ms(T0), note="x" * 4000))
+    small = Processor(
+        replace(SETTINGS, limits=replace(SETTINGS.limits, max_touchpoint_bytes=len(encoded))),
+        PROCESSOR.engine,
+        CODECS,
+    )
+    assert small.decode(encoded)["event_id"] == "e"
+    with pytest.raises(Rejected) as info:
+        small.decode(encoded + b"\x00")
+    assert info.value.error_class == "InvalidTouchpoint"
+    assert "PERCORSO_MAX_TOUCHPOINT_BYTES" in str(info.value)
+    with pytest.raises(Rejected, match=str(limit)):
+        PROCESSOR.decode(b"\x00" * (limit + 1))
+
+
+def test_decode_refuses_a_long_correlation_value_of_the_catalog() -> None:
+    """The escalation journey correlates its windows on ``topic``: the Processor knows it
+    from the catalog and holds that attribute to the correlation bound, others not."""
+    assert PROCESSOR.correlated == {"topic"}
+    long = "T" * (SETTINGS.limits.max_correlation_value_bytes + 1)
+    with pytest.raises(Rejected, match="PERCORSO_MAX_CORRELATION_VALUE_BYTES"):
+        PROCESSOR.decode(CODECS.touchpoint.encode(tp("e", "chat_started", ms(T0), topic=long)))
+    assert PROCESSOR.decode(CODECS.touchpoint.encode(tp("e", "cart_add", ms(T0), sku=long)))
+
+
+def test_a_touchpoint_from_the_future_is_refused_with_its_own_class() -> None:
+    skew = SETTINGS.limits.max_event_skew_ms
+    now = ms(T0)
+    on_time = CODECS.touchpoint.encode(tp("e", "page_view", now + skew))
+    assert PROCESSOR.decode(on_time, now)["occurred_at"] == now + skew
+    ahead = CODECS.touchpoint.encode(tp("e", "page_view", now + skew + 1))
+    with pytest.raises(Rejected) as info:
+        PROCESSOR.decode(ahead, now)
+    assert info.value.error_class == "FutureEvent"
+    assert PROCESSOR.decode(ahead)["event_id"] == "e"  # without a clock: no skew check
+
+
+def test_null_and_empty_values_stay_distinguishable_in_the_dead_letter_topic() -> None:
+    null = PROCESSOR.dead_letter(None, None, "SerializationError", "null", at(0, 1))
+    empty = PROCESSOR.dead_letter(b"", b"", "SerializationError", "empty", at(0, 2))
+    assert (null.key, null.value) == (None, None)
+    assert (empty.key, empty.value) == (b"", b"")
+
+
+def test_an_oversized_dead_letter_is_cut_to_fit_and_says_so() -> None:
+    limit = SETTINGS.limits.max_dead_letter_bytes
+    value = bytes(range(256)) * 5000  # 1,280,000 bytes
+    out = PROCESSOR.dead_letter(b"k" * 5000, value, "InvalidTouchpoint", "too big", at(1, 9))
+    headers = dict(out.headers)
+    assert record_size(out) <= limit
+    assert out.value is not None and value.startswith(out.value) and len(out.value) > limit // 2
+    assert headers["percorso.error.truncated"] == b"true"
+    assert headers["percorso.error.original_size"] == b"1280000"
+    assert headers["percorso.error.original_key_size"] == b"5000"
+    assert out.key == b"k" * MAX_KEPT_KEY_BYTES
+    assert headers["percorso.error.class"] == b"InvalidTouchpoint"
+    assert headers["percorso.source.offset"] == b"9"
+    # a null value stays null even when the rest must be cut
+    null = fit(Outgoing("dlq", b"k", None, [("h", b"x" * 200_000)]), 100_000)
+    assert null.value is None and record_size(null) <= 100_000
+
+
+def test_a_large_header_is_cut_when_cutting_the_value_is_not_enough() -> None:
+    stored = b"s" * 900_000  # the stored state a quarantine puts in a header
+    out = fit(
+        Outgoing("dlq", b"c1", b"v" * 1000, [("percorso.error.stored_state", stored)]),
+        SETTINGS.limits.max_dead_letter_bytes,
+    )
+    headers = dict(out.headers)
+    assert record_size(out) <= SETTINGS.limits.max_dead_letter_bytes
+    assert headers["percorso.error.stored_state"] == stored[:MAX_KEPT_HEADER_BYTES]
+    assert headers["percorso.error.stored_state.original_size"] == b"900000"
+    assert out.value == b"v" * 1000  # room was left for the value itself
+
+
+def test_a_record_within_the_limit_is_left_alone() -> None:
+    out = Outgoing("dlq", b"k", b"v", [("h", b"x")])
+    assert fit(out, record_size(out)) is out
+
+
+@pytest.mark.parametrize("customer", ["a|b", "|", "x|0000000000099|y", "a:b=c", "ünï|cødé"])
+def test_index_keys_parse_back_any_legal_customer_id(customer: str) -> None:
+    """Partition and due time are fixed-width and come first: the customer id is the rest of
+    the key, whatever separators it contains."""
+    key = index_key(7, 1_800_000_000_000, customer)
+    assert parse_index_key(key) == (7, 1_800_000_000_000, customer)
+    low, high = index_range(7, 1_800_000_000_000)
+    assert low <= key < high
+
+
+def test_every_dead_letter_class_is_documented() -> None:
+    """The contract: every ``percorso.error.class`` value is in docs/operations.md."""
+    from pathlib import Path
+
+    import agents.processor as processor
+
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
+    table = docs.split("## Dead-letter reasons", 1)[1].split("\n## ", 1)[0]
+    classes = [
+        processor.UNDECODABLE,
+        processor.INVALID,
+        processor.FUTURE,
+        processor.LATE,
+        processor.STATE_TOO_LARGE,
+        processor.CORRUPT_STATE,
+        processor.ENGINE_ERROR,
+        processor.OUTPUT_TOO_LARGE,
+    ]
+    for error_class in classes:
+        assert f"| `{error_class}` |" in table, error_class
+    assert table.count("\n| `") == len(classes) + 1  # the header row, and nothing else
+
+
+def test_headers_count_towards_the_size_of_a_touchpoint() -> None:
+    """A re-keyed touchpoint carries its headers: a small value under a megabyte of headers
+    would make that send fail."""
+    value = CODECS.touchpoint.encode(tp("e", "page_view", ms(T0)))
+    limit = SETTINGS.limits.max_touchpoint_bytes
+    fits = [("h", b"x" * (limit - len(value) - 1))]
+    assert PROCESSOR.decode(value, None, fits)["event_id"] == "e"
+    assert PROCESSOR.decode(value, None, {"h": None})["event_id"] == "e"
+    with pytest.raises(Rejected, match="bytes of value and headers"):
+        PROCESSOR.decode(value, None, [("h", b"x" * (limit - len(value)))])
+
+
+def test_an_instance_key_is_held_to_the_correlation_bound(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Its values become part of the customer's state keys, like correlation values."""
+    from journeys.lifecycle import LifecycleEngine
+
+    journey = (CATALOG_DIR / "cart_recovery.yaml").read_text()
+    keyed = journey.replace("priority: 60", 'priority: 60\ninstance_key: "${attributes.cart_id}"')
+    (tmp_path / "cart.yaml").write_text(keyed)
+    processor = Processor(SETTINGS, LifecycleEngine(load_catalog(tmp_path)), CODECS)
+    assert processor.correlated == {"cart_id"}
+    long = "C" * (SETTINGS.limits.max_correlation_value_bytes + 1)
+    encoded = CODECS.touchpoint.encode(tp("e", "cart_add", ms(T0), cart_id=long))
+    with pytest.raises(Rejected, match="PERCORSO_MAX_CORRELATION_VALUE_BYTES"):
+        processor.decode(encoded)

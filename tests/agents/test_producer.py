@@ -5,14 +5,18 @@ cannot be delivered."""
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from agents.processor import Position
 from agents.producer import DeliveryFailed, OutputProducer
+from percorso.broker import Broker
 from percorso.config import Settings
 
 
@@ -131,3 +135,123 @@ def test_outputs_without_a_callback_still_fail_the_flush_when_refused(
 
     assert asyncio.run(scenario()) == 1
     assert [int(r.value()) for r in _read(settings, topic, 0, 20)] == list(range(20))
+
+
+def _topic_with(settings: Settings, name: str, **config: str) -> None:
+    admin = AdminClient(settings.kafka_config())
+    admin.create_topics([NewTopic(name, 1, 1, config=config)])[name].result()
+
+
+def test_a_record_too_large_to_send_is_quarantined_cut_to_fit(
+    settings_factory: Callable[..., Settings], unique: Callable[[str], str]
+) -> None:
+    """Refused by librdkafka when sent (beyond ``message.max.bytes``): sending it again would
+    be refused again, so it goes to the dead-letter topic, cut to fit, and the flush
+    succeeds."""
+    base = settings_factory()
+    settings = replace(base, limits=replace(base.limits, max_dead_letter_bytes=20_000))
+    topic = unique("out")
+    _topic(settings, topic, 1)
+    _topic(settings, settings.topics.dlq, 1)
+    big = os.urandom(100_000)
+
+    async def scenario() -> OutputProducer:
+        output = OutputProducer(settings, **{"message.max.bytes": 50_000})
+        output.position = Position(settings.topics.touchpoints, 3, 42)
+        await output.send(topic, b"k1", big, headers=[("percorso.action_id", b"a1")])
+        await output.send(topic, b"k3", b"fine")
+        await output.flush()
+        return output
+
+    output = asyncio.run(scenario())
+    assert (output.failed, output.quarantined, output.dropped) == (0, 1, 0)
+    assert [r.value() for r in _read(settings, topic, 0, 1)] == [b"fine"]
+    [dead] = _read(settings, settings.topics.dlq, 0, 1)
+    headers = dict(dead.headers())
+    assert dead.key() == b"k1"
+    assert headers["percorso.error.class"] == b"OutputTooLarge"
+    assert headers["percorso.output.topic"] == topic.encode()
+    assert headers["percorso.action_id"] == b"a1"
+    assert headers["percorso.error.truncated"] == b"true"
+    assert headers["percorso.error.original_size"] == b"100000"
+    assert (headers["percorso.source.partition"], headers["percorso.source.offset"]) == (
+        b"3",
+        b"42",
+    )
+    assert big.startswith(dead.value()) and len(dead.value()) > 15_000
+
+
+def test_a_record_the_broker_refuses_for_its_size_is_quarantined(
+    broker: Broker, settings_factory: Callable[..., Settings], unique: Callable[[str], str]
+) -> None:
+    """Refused by the broker (beyond the topic's ``max.message.bytes``), reported later."""
+    if broker.kind == "embedded":
+        pytest.skip("the embedded broker does not enforce a topic's max.message.bytes")
+    settings = settings_factory()
+    small = unique("small")
+    _topic(settings, settings.topics.dlq, 1)
+    _topic_with(settings, small, **{"max.message.bytes": "5000"})
+    medium = os.urandom(10_000)  # incompressible: the broker sees its size
+
+    async def scenario() -> OutputProducer:
+        output = OutputProducer(settings)
+        await output.send(small, b"k2", medium)
+        await output.flush()
+        return output
+
+    output = asyncio.run(scenario())
+    assert (output.failed, output.quarantined, output.dropped) == (0, 1, 0)
+    [dead] = _read(settings, settings.topics.dlq, 0, 1)
+    headers = dict(dead.headers())
+    assert headers["percorso.error.class"] == b"OutputTooLarge"
+    assert headers["percorso.output.topic"] == small.encode()
+    assert dead.value() == medium  # it fits the dead-letter limit: unchanged
+    assert "percorso.error.truncated" not in headers
+
+
+def test_a_dead_letter_refused_even_cut_to_fit_is_dropped_not_a_crash_loop(
+    settings_factory: Callable[..., Settings],
+) -> None:
+    """A dead letter refused for its size is sent again cut to 64 KiB; refused again (here
+    librdkafka's own limit is lower still), it is dropped: nothing would ever take it."""
+    settings = settings_factory()
+    _topic(settings, settings.topics.dlq, 1)
+
+    async def scenario() -> OutputProducer:
+        output = OutputProducer(settings, **{"message.max.bytes": 5000})
+        await output.send(settings.topics.dlq, b"k", os.urandom(100_000))
+        await output.send(settings.topics.dlq, b"k", b"small")
+        await output.flush()  # does not raise
+        return output
+
+    output = asyncio.run(scenario())
+    assert (output.failed, output.dropped) == (0, 1)
+    assert [r.value() for r in _read(settings, settings.topics.dlq, 0, 1)] == [b"small"]
+
+
+def test_a_dead_letter_grown_beyond_the_limit_by_its_headers_is_cut_to_the_limit(
+    settings_factory: Callable[..., Settings],
+) -> None:
+    """A quarantine adds the stored state as a header after the dead letter was made: refused
+    by librdkafka, it is sent again cut to the dead-letter limit, its value kept whole."""
+    settings = settings_factory()
+    _topic(settings, settings.topics.dlq, 1)
+    value, stored = os.urandom(300_000), os.urandom(900_000)
+
+    async def scenario() -> OutputProducer:
+        output = OutputProducer(settings)
+        headers = [("percorso.error.class", b"CorruptState")]
+        headers.append(("percorso.error.stored_state", stored))
+        await output.send(settings.topics.dlq, b"c:k", value, headers)
+        await output.flush()
+        return output
+
+    output = asyncio.run(scenario())
+    assert (output.failed, output.dropped) == (0, 0)
+    [dead] = _read(settings, settings.topics.dlq, 0, 1)
+    headers = dict(dead.headers())
+    assert dead.value() == value
+    assert headers["percorso.error.class"] == b"CorruptState"
+    assert headers["percorso.error.stored_state"] == stored[:4096]
+    assert headers["percorso.error.stored_state.original_size"] == b"900000"
+    assert headers["percorso.error.truncated"] == b"true"

@@ -270,7 +270,7 @@ def _transitions(
 ) -> dict[tuple[str, str], list[dict[str, Any]]]:
     out: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     copies = [dict(e, attributes=dict(e["attributes"])) for e in events]
-    for step in replay(engine, copies, end, changes):
+    for step in replay(engine, copies, end, changes=changes):
         for t in step.transitions:
             out[(t["customer_id"], t["journey_id"])].append(t)
     return out

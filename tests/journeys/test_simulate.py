@@ -131,3 +131,75 @@ def test_invalid_journeys_stop_simulate(tmp_path: Path) -> None:
         check=False,
     )
     assert run.returncode == 1 and f"{tmp_path / 'bad.yaml'}:1:" in run.stderr
+
+
+def _line(event_id: str, customer: str, at: str, type_: str = "page_view") -> str:
+    return json.dumps(
+        {
+            "event_id": event_id,
+            "customer_id": customer,
+            "channel": "web",
+            "type": type_,
+            "occurred_at": at,
+        }
+    )
+
+
+def test_a_future_dated_touchpoint_is_refused_against_the_replays_clock(tmp_path: Path) -> None:
+    """As a worker refuses what is dated beyond its wall clock plus the skew, the replay
+    refuses what is beyond its own clock (--until) plus the skew, and the customer's later
+    touchpoints are not made late by it."""
+    events = tmp_path / "events.jsonl"
+    events.write_text(
+        "\n".join(
+            [
+                _line("a1", "ada", "2026-03-02T09:00:00Z", "cart_add"),
+                _line("a2", "ada", "2099-01-01T00:00:00Z"),  # a producer's broken clock
+                _line("a3", "ada", "2026-03-02T09:10:00Z", "purchase"),
+                _line("b1", "bo", "2026-03-02T10:04:59Z"),  # within the skew of --until
+                _line("b2", "bo", "2026-03-02T10:05:01Z"),  # beyond it
+            ]
+        )
+        + "\n"
+    )
+    run = simulate(
+        "--until", "2026-03-02T10:00:00Z", "--include", "transitions,late", events=events
+    )
+    assert run.returncode == 0, run.stderr
+    out = records(run.stdout)
+    assert [r["customer_id"] for r in out if r["kind"] == "future"] == ["ada", "bo"]
+    assert "late" not in {r["kind"] for r in out}
+    causes = {r["cause"] for r in out if r["kind"] == "transition"}
+    assert {"a1", "a3", "b1"} <= causes and not {"a2", "b2"} & causes
+
+
+def test_without_until_the_replay_clock_is_the_time_it_starts(tmp_path: Path) -> None:
+    events = tmp_path / "events.jsonl"
+    events.write_text(_line("z1", "zed", "2099-01-01T00:00:00Z") + "\n")
+    run = simulate("--include", "transitions,late", events=events)
+    assert run.returncode == 0, run.stderr
+    assert records(run.stdout) == [{"kind": "future", "customer_id": "zed"}]
+
+
+def test_the_replay_holds_touchpoints_to_the_input_limits(tmp_path: Path) -> None:
+    events = tmp_path / "events.jsonl"
+    events.write_text(
+        _line("n1", "new\u0085line", "2026-03-02T09:00:00Z")
+        + "\n"
+        + json.dumps(
+            {
+                "event_id": "n2",
+                "customer_id": "ok",
+                "channel": "chat",
+                "type": "chat_started",
+                "occurred_at": "2026-03-02T09:00:00Z",
+                "attributes": {"topic": "t" * 257},  # escalation correlates on topic
+            }
+        )
+        + "\n"
+    )
+    run = simulate(events=events)
+    assert run.returncode == 2
+    assert ":1: skipped: customer_id: must not contain control characters" in run.stderr
+    assert ":2: skipped: attributes.topic:" in run.stderr
+    assert "PERCORSO_MAX_CORRELATION_VALUE_BYTES" in run.stderr

@@ -162,3 +162,48 @@ def test_commands_without_a_broker_say_so() -> None:
         check=False,
     )
     assert out.returncode != 0 and "no broker" in out.stderr
+
+
+def test_unpaced_synthetic_traffic_is_not_dated_ahead_of_the_clock() -> None:
+    """``--count N`` sent as fast as possible ends now: workers refuse event times more than
+    the allowed skew ahead of their clock. Paced traffic is live and starts now."""
+    import argparse
+    import time
+
+    from percorso.cli import _synthetic_start
+
+    now = int(time.time() * 1000)
+    start = _synthetic_start(argparse.Namespace(count=60_000, rate=None))
+    assert abs(start - (now - 600_000)) < 5_000
+    assert abs(_synthetic_start(argparse.Namespace(count=None, rate=None)) - now) < 5_000
+    assert abs(_synthetic_start(argparse.Namespace(count=500, rate=50.0)) - now) < 5_000
+
+
+def test_tail_keeps_a_null_dead_letter_value_apart_from_an_empty_one() -> None:
+    from percorso.tail import decode_message
+
+    class Message:
+        def __init__(self, value: bytes | None) -> None:
+            self._value = value
+
+        def value(self) -> bytes | None:
+            return self._value
+
+        def key(self) -> bytes | None:
+            return None
+
+        def headers(self) -> list[tuple[str, bytes]]:
+            return [("percorso.error.class", b"SerializationError")]
+
+        def topic(self) -> str:
+            return "percorso.touchpoints.dlq"
+
+        def partition(self) -> int:
+            return 0
+
+        def offset(self) -> int:
+            return 1
+
+    assert decode_message(Message(None), None, True)["value_base64"] is None
+    assert decode_message(Message(b""), None, True)["value_base64"] == ""
+    assert decode_message(Message(b"\x01"), None, True)["value_base64"] == "AQ=="

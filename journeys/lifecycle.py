@@ -102,6 +102,12 @@ class LifecycleEngine(Engine):
         }
         self._values: dict[str, str] = {}  # slot -> key value of the touchpoint being applied
         self._parked: dict[str, JourneyState] = {}  # instances set aside during a step
+        # state keys whose customers nothing can stop, remove or migrate
+        self._settled = frozenset(
+            j.id for j in catalog.journeys if j.id not in self._stopped
+        ) - frozenset(self._migrations)
+        # nothing to label, convert or key: the engine's step as it is
+        self._plain = not (self._public or self._converting or self._keyed)
 
     # -- the step ---------------------------------------------------------------------------
 
@@ -110,15 +116,17 @@ class LifecycleEngine(Engine):
     ) -> Step:
         early: list[dict[str, Any]] = []
         cancelled = 0
-        at = item.at if isinstance(item, Tick) else item["occurred_at"]
         if (
             state is not None
             and state["journeys"]
             and self._evolving(state)
             and self._applies(state, item)
         ):
+            at = item.at if isinstance(item, Tick) else item["occurred_at"]
             cancelled = self._evolve(state, at, early)
-        if self._keyed:
+        if self._plain:
+            step = super().advance(state, item, now)
+        elif self._keyed:
             step = self._advance_keyed(state, item, now)
         else:
             step = self._advance_one(state, item, now, {})
@@ -272,11 +280,15 @@ class LifecycleEngine(Engine):
     def next_due(self, state: CustomerState) -> int | None:
         best = super().next_due(state)
         if self._keyed:  # the inactivity of instances stored under K#V
-            for key, js in state["journeys"].items():
-                if "#" in key:
-                    due = self._instance_due(key, js)
-                    if due is not None and (best is None or due < best):
-                        best = due
+            best = self._instances_due(state, best)
+        return best
+
+    def _instances_due(self, state: CustomerState, best: int | None) -> int | None:
+        for key, js in state["journeys"].items():
+            if "#" in key:
+                due = self._instance_due(key, js)
+                if due is not None and (best is None or due < best):
+                    best = due
         return best
 
     def _applies(self, state: CustomerState, item: Mapping[str, Any] | Tick) -> bool:
@@ -325,11 +337,10 @@ class LifecycleEngine(Engine):
 
     def _evolving(self, state: CustomerState) -> bool:
         """Whether an active instance is on a stopped, removed or migrating version."""
+        settled = self._settled
         for key, js in state["journeys"].items():
-            if js["active"]:
-                slot = key.partition("#")[0]
-                if slot in self._stopped or slot in self._migrations or slot not in self._by_id:
-                    return True
+            if js["active"] and key not in settled and key.partition("#")[0] not in settled:
+                return True
         return False
 
     def _evolve(self, state: CustomerState, at: int, out: list[dict[str, Any]]) -> int:

@@ -71,6 +71,7 @@ class Tally:
 
     __slots__ = (
         "actions",
+        "conversions",
         "dead_letters",
         "deferred",
         "event_to_action",
@@ -89,6 +90,7 @@ class Tally:
         self.dead_letters: dict[str, int] = {}
         self.transitions: dict[tuple[str, str, str], int] = {}
         self.version_removed: dict[tuple[str, str], int] = {}  # (journey, version)
+        self.conversions: dict[tuple[str, str], int] = {}  # (journey, variant)
         self.actions: dict[tuple[str, str, str], int] = {}
         self.suppressed: dict[tuple[str, str, str], int] = {}
         self.deferred = 0
@@ -114,6 +116,10 @@ class Tally:
                 if t["reason"] == "version_removed":
                     k2 = (t["journey_id"], str(t.get("version") or "none"))
                     self.version_removed[k2] = self.version_removed.get(k2, 0) + 1
+        if step.conversions:
+            for c in step.conversions:
+                k2 = (c["journey_id"], c["variant"] or "none")
+                self.conversions[k2] = self.conversions.get(k2, 0) + 1
         if step.actions:
             for a in step.actions:
                 k3 = (a["journey_id"], a["action"], a["channel"])
@@ -168,6 +174,13 @@ class Metrics:
             registry=r,
         )
         self._removed_logged: set[tuple[str, str]] = set()
+        self.conversions = Counter(
+            "percorso_conversions_total",
+            "Journey instances that converted, by journey and experiment variant (holdout "
+            "included; none: the journey runs no experiment).",
+            ["journey", "variant"],
+            registry=r,
+        )
         self.actions = Counter(
             "percorso_actions_total",
             "Actions emitted.",
@@ -307,6 +320,8 @@ class Metrics:
             self.dead_letters.labels(reason).inc(n)
         for labels, n in tally.transitions.items():
             self.transitions.labels(*labels).inc(n)
+        for labels2, n in tally.conversions.items():
+            self.conversions.labels(*labels2).inc(n)
         for (journey, version), n in tally.version_removed.items():
             self.version_removed.labels(journey, version).inc(n)
             if (journey, version) not in self._removed_logged:  # once per journey version

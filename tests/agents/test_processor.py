@@ -220,6 +220,14 @@ def test_conversions_go_to_their_topic_with_the_version(tmp_path) -> None:  # ty
         if o.topic == SETTINGS.topics.transitions
     ]
     assert [(t["reason"], t["version"]) for t in transitions] == [("goal", 3)]
+    from prometheus_client import CollectorRegistry
+
+    from agents.metrics import Metrics
+
+    metrics = Metrics(CollectorRegistry())
+    metrics.observe_step(then.step, 0, None)
+    labels = {"journey": "cart_recovery", "variant": "none"}
+    assert metrics.registry.get_sample_value("percorso_conversions_total", labels) == 1
 
 
 # -- hostile input: limits, skew, dead letters that always fit -------------------------------

@@ -192,3 +192,9 @@ def test_report_reads_the_topics(settings_factory: Callable[..., Settings]) -> N
     rows = build_report(records_from_topics(settings, codecs, idle_timeout=3.0))
     assert [(r.variant, r.entries, r.conversions) for r in rows] == [("a", 3, 1), ("holdout", 2, 0)]
     assert rows[0].uplift == pytest.approx(1 / 3)
+
+
+def test_tail_decodes_the_conversions_topic() -> None:
+    from percorso.tail import subject_for
+
+    assert subject_for(Settings(), "percorso.conversions") == "io.percorso.Conversion"

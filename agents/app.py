@@ -197,7 +197,6 @@ class Runtime:
         started = time.perf_counter()
         now = now_ms()
         tally = Tally()
-        dirty = 0
         for tp, records in batches.items():
             part = self._part(tp.partition)
             expected = part.offsets.get(tp.topic)
@@ -206,13 +205,13 @@ class Runtime:
                 self._on_offset_jump(tp.topic, tp.partition, expected, first)
             part.records(tp.topic, records, now, tally)
             tally.records += len(records)
-            dirty += part.store.dirty
             if part.latest_event_ms > self.latest_event_ms:
                 self.latest_event_ms = part.latest_event_ms
         self.metrics.apply(tally, time.perf_counter() - started)
         self.metrics.last_processed.set(now / 1000)
         if self.latest_event_ms:
             self.metrics.last_event.set(self.latest_event_ms / 1000)
+        dirty = sum(part.store.dirty for part in self.parts.values())
         if dirty >= self.options.checkpoint_max_dirty:
             await self._checkpoint()
 

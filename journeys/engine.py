@@ -61,6 +61,9 @@ SuppressionReason = Literal[
 
 ACTION_ID_NAMESPACE = uuid.UUID("9b7c2d4e-5f60-4a1b-8c3d-7e9f0a1b2c3d")
 _NAMESPACE_BYTES = ACTION_ID_NAMESPACE.bytes
+_sha1 = hashlib.sha1
+# the RFC 4122 variant: the top two bits of the 9th byte become 10 (hex digit 8, 9, a or b)
+_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
 HOLDOUT = "holdout"
 MAX_WINDOWS_PER_JOURNEY = 16
 MAX_CONTEXT_ATTRIBUTES = 16
@@ -100,7 +103,7 @@ class Step:
     next_due: int | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class _Candidate:
     journey: Journey
     rule: str
@@ -124,14 +127,10 @@ def _ms(dt: datetime) -> int:
 
 def action_id(journey_id: str, rule: str, trigger: str) -> str:
     """Same journey, rule and trigger: same id, on every run and every worker: the UUID v5 of
-    ``journey|rule|trigger`` in ``ACTION_ID_NAMESPACE`` (``uuid.uuid5``, without its objects)."""
-    digest = bytearray(
-        hashlib.sha1(_NAMESPACE_BYTES + f"{journey_id}|{rule}|{trigger}".encode()).digest()[:16]
-    )
-    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
-    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
-    h = digest.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    ``journey|rule|trigger`` in ``ACTION_ID_NAMESPACE`` (``uuid.uuid5``, without its objects:
+    the SHA-1's first 16 bytes in hex, with the version nibble and the variant bits set)."""
+    h = _sha1(_NAMESPACE_BYTES + f"{journey_id}|{rule}|{trigger}".encode()).hexdigest()
+    return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"
 
 
 def assign_variant(journey: Journey, customer_id: str) -> str | None:
@@ -183,12 +182,11 @@ class Engine:
         if isinstance(item, Tick):
             if state is None:
                 raise ValueError("a tick needs the state of a known customer")
-            step = Step(state, "tick")
+            step = Step(state, "tick", [], [], [], 0, 0, 0, 0, [])
             self._fire_due(step, item.at, now)
-        else:
-            step = self._touchpoint(state, item, now)
-        step.next_due = self.next_due(step.state)
-        return step
+            step.next_due = self.next_due(state)
+            return step
+        return self._touchpoint(state, item, now)  # it works out next_due as it goes
 
     def next_due(self, state: CustomerState) -> int | None:
         """The earliest instant something of this customer is due (None: nothing is)."""
@@ -199,17 +197,8 @@ class Engine:
                 best = due
         inactivity = self._inactivity
         for jid, js in state["journeys"].items():
-            if not js["active"]:
-                continue
-            for w in js["windows"]:
-                due = w["deadline"]
-                if best is None or due < best:
-                    best = due
-            idle = inactivity.get(jid)
-            if idle is not None:
-                due = js["last_activity"] + idle
-                if best is None or due < best:
-                    best = due
+            if js["active"]:
+                best = _journey_due(js, inactivity.get(jid), best)
         return best
 
     # -- touchpoints ------------------------------------------------------------------------
@@ -219,32 +208,40 @@ class Engine:
     ) -> Step:
         if state is None:
             state = new_customer(tp["customer_id"])
-        step = Step(state, "processed")
+        step = Step(state, "processed", [], [], [], 0, 0, 0, 0, [])  # positional: cheaper
         event_id = tp["event_id"]
         if event_id in state["seen"]:
             step.outcome = "duplicate"
+            step.next_due = self.next_due(state)
             return step
         t = tp["occurred_at"]
         if state["seen"] and t < state["watermark"] - self.policies.allowed_lateness_ms:
             step.outcome = "late"
+            step.next_due = self.next_due(state)
             return step
         journeys = state["journeys"]
         if journeys or state["pending"]:
-            due = self.next_due(state)
-            if due is not None and due < t:
-                self._fire_due(step, t - 1, now)
+            # what fell due strictly before this touchpoint (one scan when nothing did)
+            self._fire_due(step, t - 1, now)
         channel = tp["channel"]
         type_ = tp["type"]
         plan = self._plans.get((channel, type_)) or self._dispatch.plan(channel, type_)
         kept = _kept(tp["attributes"])
         self._observe(state, tp, plan, kept)
+        # next_due is gathered from each journey once this touchpoint is done with it (no
+        # journey's rules touch another's windows or activity), then from the deferred actions
+        best: int | None = None
+        inactivity = self._inactivity
         if journeys:
             # active journeys without a rule for this touchpoint: it only counts as activity
             # (they cause nothing, so the order they are updated in does not matter)
             reacting = plan.reacting
             survey = type_ == SURVEY_RESPONSE
+            index = self._index
             for jid, js in journeys.items():
-                if js["active"] and jid not in reacting and jid in self._index:
+                if not js["active"] or jid in reacting:
+                    continue
+                if jid in index:
                     js["touchpoints"] += 1
                     last = js["last_channel"]
                     if last is not None and last != channel:
@@ -256,12 +253,22 @@ class Engine:
                         satisfaction = _satisfaction(tp)
                         if satisfaction is not None:
                             js["satisfaction"] = satisfaction
+                best = _journey_due(js, inactivity.get(jid), best)
         # journeys with a rule this touchpoint may match, in catalog order
         candidates: list[_Candidate] = []
         for jp in plan.journeys:
             self._journey_touchpoint(step, jp, tp, kept, candidates)
+            jid = jp.journey.id
+            after = journeys.get(jid)
+            if after is not None and after["active"]:
+                best = _journey_due(after, inactivity.get(jid), best)
         if candidates:
             self._decide(step, candidates, t, now)
+        for p in state["pending"]:
+            due = p["due"]
+            if best is None or due < best:
+                best = due
+        step.next_due = best
         return step
 
     def _observe(
@@ -362,16 +369,18 @@ class Engine:
                 js["satisfaction"] = satisfaction
 
         waits = jp.waits
-        if waits and js["windows"]:
-            for w in list(js["windows"]):
+        windows = js["windows"]
+        if waits and windows:
+            for w in list(windows):
                 window_id = w["window"]
                 if window_id not in waits or t > w["deadline"]:
                     continue
                 test = waits[window_id]
-                if (test is None or test(attributes)) and all(
-                    attributes.get(k) == v for k, v in w["correlation"].items()
+                correlation = w["correlation"]
+                if (test is None or test(attributes)) and (
+                    not correlation or all(attributes.get(k) == v for k, v in correlation.items())
                 ):
-                    js["windows"].remove(w)
+                    windows.remove(w)
                     step.windows_cancelled += 1
                     on_match = self._windows[journey.id][window_id].on_match
                     if on_match.goto is not None or on_match.action is not None:
@@ -507,19 +516,21 @@ class Engine:
         }
         windows = js["windows"]
         # kept sorted by key, keys unique: replace the same key, else insert in order
-        for n, w in enumerate(windows):
-            if w["key"] == key:
-                del windows[n]
+        n = 0
+        for w in windows:
+            if w["key"] >= key:
                 break
-        if len(windows) >= MAX_WINDOWS_PER_JOURNEY:
+            n += 1
+        if n < len(windows) and windows[n]["key"] == key:
+            windows[n] = armed
+        elif len(windows) >= MAX_WINDOWS_PER_JOURNEY:
             windows.append(armed)
             windows.sort(key=lambda w: (w["armed_at"], w["key"]))
             del windows[0]
             step.windows_cancelled += 1
             windows.sort(key=lambda w: w["key"])
         else:
-            windows.append(armed)
-            windows.sort(key=_window_key)  # already in order but the last: one pass
+            windows.insert(n, armed)
         step.windows_armed += 1
 
     def _fire_due(self, step: Step, until: int, now: int | None) -> None:
@@ -580,12 +591,15 @@ class Engine:
                 )
 
     def _earliest_due(self, state: CustomerState, until: int) -> tuple[int, int, str, str] | None:
+        """The first of what is due at or before ``until``: (due, kind, journey id, key), kind
+        0 a deferred action, 1 a window, 2 an inactivity timeout; ties in that order."""
         best: tuple[int, int, str, str] | None = None
         for p in state["pending"]:
             if p["due"] <= until:
                 item = (p["due"], 0, p["journey_id"], p["action_id"])
                 if best is None or item < best:
                     best = item
+        inactivity = self._inactivity
         for jid, js in state["journeys"].items():
             if not js["active"]:
                 continue
@@ -594,11 +608,10 @@ class Engine:
                     item = (w["deadline"], 1, jid, w["key"])
                     if best is None or item < best:
                         best = item
-            journey = self._by_id.get(jid)
-            if journey is not None and journey.inactivity_ms is not None:
-                deadline = js["last_activity"] + journey.inactivity_ms
-                item = (deadline, 2, jid, "")
-                if deadline <= until and (best is None or item < best):
+            idle = inactivity.get(jid)
+            if idle is not None and js["last_activity"] + idle <= until:
+                item = (js["last_activity"] + idle, 2, jid, "")
+                if best is None or item < best:
                     best = item
         return best
 
@@ -706,21 +719,23 @@ class Engine:
                 marketing += 1
             js = state["journeys"].get(c.journey.id)
             stage = js["stage"] if js is not None else None
-            decision = PendingAction(
-                due=at,
-                decided_at=at,
-                action_id=action_id(c.journey.id, c.rule, c.trigger),
-                journey_id=c.journey.id,
-                action=c.spec.name,
-                channel=channel,
-                priority=c.spec.priority,
-                trigger=c.trigger,
-                trigger_kind=c.trigger_kind,
-                parameters=_render(c.spec.parameters, c.attributes, stage, c.journey.id, variant),
-                category=category,
-                variant=variant,
-                expires_at=at + c.spec.expires_after_ms if c.spec.expires_after_ms else None,
-            )
+            decision: PendingAction = {  # a literal: cheaper than calling the TypedDict
+                "due": at,
+                "decided_at": at,
+                "action_id": action_id(c.journey.id, c.rule, c.trigger),
+                "journey_id": c.journey.id,
+                "action": c.spec.name,
+                "channel": channel,
+                "priority": c.spec.priority,
+                "trigger": c.trigger,
+                "trigger_kind": c.trigger_kind,
+                "parameters": _render(
+                    c.spec.parameters, c.attributes, stage, c.journey.id, variant
+                ),
+                "category": category,
+                "variant": variant,
+                "expires_at": at + c.spec.expires_after_ms if c.spec.expires_after_ms else None,
+            }
             release = self._quiet_until(state, channel, category, at)
             if release is not None:
                 expires_at = decision["expires_at"]
@@ -888,13 +903,27 @@ class Engine:
 def _kept(attributes: Mapping[str, str]) -> dict[str, str]:
     """The attributes a touchpoint leaves in the context and in the windows it arms: bounded
     in number and size, by name."""
+    if len(attributes) <= MAX_CONTEXT_ATTRIBUTES:
+        kept = dict(sorted(attributes.items()))  # names are unique: sorted by name
+        if not kept or max(map(len, kept.values())) <= MAX_ATTRIBUTE_CHARS:
+            return kept
     return {
         k: attributes[k][:MAX_ATTRIBUTE_CHARS] for k in sorted(attributes)[:MAX_CONTEXT_ATTRIBUTES]
     }
 
 
-def _window_key(w: WindowState) -> str:
-    return w["key"]
+def _journey_due(js: JourneyState, idle: int | None, best: int | None) -> int | None:
+    """The earlier of ``best`` and what an active journey has due: its windows' deadlines and,
+    with an inactivity timeout of ``idle`` ms, its last activity plus that."""
+    for w in js["windows"]:
+        due = w["deadline"]
+        if best is None or due < best:
+            best = due
+    if idle is not None:
+        due = js["last_activity"] + idle
+        if best is None or due < best:
+            best = due
+    return best
 
 
 def _satisfaction(tp: Mapping[str, Any]) -> float | None:
@@ -915,13 +944,18 @@ def journey_score(journey: Journey, js: JourneyState, completed: bool) -> float:
     """Weighted mean of completion, satisfaction (when known) and low effort, in [0, 1]."""
     w = journey.score
     effort = 1 - min(1.0, (js["touchpoints"] + js["channel_switches"]) / w.effort_budget)
-    parts = [(w.completion, 1.0 if completed else 0.0), (w.effort, effort)]
-    if js["satisfaction"] is not None:
-        parts.append((w.satisfaction, js["satisfaction"]))
-    total = sum(weight for weight, _ in parts)
+    done = 1.0 if completed else 0.0
+    satisfaction = js["satisfaction"]
+    # sum() over the terms in this order, as before: the same float on every Python version
+    if satisfaction is None:
+        total = sum((w.completion, w.effort))
+        value = sum((w.completion * done, w.effort * effort))
+    else:
+        total = sum((w.completion, w.effort, w.satisfaction))
+        value = sum((w.completion * done, w.effort * effort, w.satisfaction * satisfaction))
     if total == 0:
         return 0.0
-    return round(sum(weight * value for weight, value in parts) / total, 4)
+    return round(value / total, 4)
 
 
 Placeholder = tuple[bool, str]  # (an attribute?, its name or the value's name)

@@ -112,16 +112,16 @@ class CustomerState(TypedDict):
 
 
 def new_customer(customer_id: str) -> CustomerState:
-    return CustomerState(
-        customer_id=customer_id,
-        watermark=0,
-        seen=[],
-        recent=[],
-        timezone=None,
-        opted_out=[],
-        suppressions={},
-        engagement={},
-        sent=[],
-        journeys={},
-        pending=[],
-    )
+    return {  # a literal: cheaper than calling the TypedDict, on every new customer
+        "customer_id": customer_id,
+        "watermark": 0,
+        "seen": [],
+        "recent": [],
+        "timezone": None,
+        "opted_out": [],
+        "suppressions": {},
+        "engagement": {},
+        "sent": [],
+        "journeys": {},
+        "pending": [],
+    }

@@ -179,3 +179,32 @@ def test_records_of_an_earlier_generation_are_not_handed_over() -> None:
 
     assert patches.current_generation(App(), Message(3))
     assert not patches.current_generation(App(), Message(2))
+
+
+def test_the_safe_time_is_the_last_fetch_time_when_caught_up(monkeypatch: Any) -> None:
+    """Caught up means: at the high watermark of the last fetch response. Records written since
+    are unknown, so wake-ups may fire up to that response's time (minus the grace), not up to
+    the wall clock; behind it, up to the latest event time applied."""
+    from types import SimpleNamespace
+
+    from agents.app import Runtime
+
+    seen = {"position": 10, "highwater": 10, "fetched": 5_000}
+    monkeypatch.setattr(patches, "position", lambda app, t, p: seen["position"])
+    monkeypatch.setattr(patches, "highwater", lambda app, t, p: seen["highwater"])
+    monkeypatch.setattr(patches, "last_fetch_ms", lambda app, t, p: seen["fetched"])
+    runtime: Any = SimpleNamespace(
+        app=None,
+        topics=("in", "re"),
+        options=SimpleNamespace(window_grace_ms=300),
+        parts={0: SimpleNamespace(watermark=1_234)},
+    )
+    assert Runtime.safe_time(runtime, 0, now=9_000) == 5_000 - 300
+    seen["fetched"] = 20_000  # a response stamped after our clock read: the clock bounds it
+    assert Runtime.safe_time(runtime, 0, now=9_000) == 9_000 - 300
+    seen["position"] = 9  # a record of the last response not applied yet
+    assert Runtime.safe_time(runtime, 0, now=9_000) == 1_234
+    seen["position"], seen["fetched"] = 10, None  # never fetched
+    assert Runtime.safe_time(runtime, 0, now=9_000) == 1_234
+    runtime.parts = {}
+    assert Runtime.safe_time(runtime, 0, now=9_000) is None

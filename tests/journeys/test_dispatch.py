@@ -11,10 +11,11 @@ from hypothesis import strategies as st
 
 from journeys.conditions import NEVER, holds, matches, residual
 from journeys.dispatch import Dispatch
-from journeys.engine import ACTION_ID_NAMESPACE, Engine, action_id
+from journeys.engine import ACTION_ID_NAMESPACE, Engine, Tick, action_id
 from journeys.loader import load_catalog
 from journeys.model import Condition, Predicate
-from journeys.state import new_customer
+from journeys.state import CustomerState, new_customer
+from percorso.synthetic import SyntheticTraffic, disordered
 from tests.journeys.harness import CATALOG_DIR, Customer, catalog_from
 
 TYPES = ["page_view", "cart_add", "purchase", "survey_response"]
@@ -148,6 +149,27 @@ stages: [{id: carted}]
     js = state["journeys"]["cart"]
     assert (js["touchpoints"], js["last_activity"]) == (2, t + 9)
     assert step.next_due == t + 9 + 3_600_000
+
+
+def test_next_due_gathered_during_a_step_is_the_scan_of_the_whole_state() -> None:
+    """A touchpoint's step works out next_due journey by journey as it goes; on synthetic
+    traffic with duplicates, late and out-of-order events it equals ``Engine.next_due``."""
+    start = 1_767_225_600_000
+    traffic = SyntheticTraffic(200, seed=3, start_ms=start, rate=6000 / (3 * 86_400))
+    states: dict[str, CustomerState] = {}
+    outcomes: dict[str, int] = {}
+    fired = 0
+    for tp in disordered(traffic.take(6000), seed=3):
+        step = SHIPPED.advance(states.get(tp["customer_id"]), tp)
+        states[tp["customer_id"]] = step.state
+        assert step.next_due == SHIPPED.next_due(step.state), tp
+        outcomes[step.outcome] = outcomes.get(step.outcome, 0) + 1
+        fired += step.windows_fired
+    for state in states.values():
+        step = SHIPPED.advance(state, Tick(start + 30 * 86_400_000))
+        assert step.next_due == SHIPPED.next_due(step.state)
+    # the traffic reaches every path: duplicates, late events, windows firing before an event
+    assert outcomes.get("duplicate", 0) > 0 and outcomes.get("late", 0) > 0 and fired > 0
 
 
 @given(st.text(), st.text(), st.text())

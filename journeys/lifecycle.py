@@ -338,6 +338,8 @@ class LifecycleEngine(Engine):
     def _evolving(self, state: CustomerState) -> bool:
         """Whether an active instance is on a stopped, removed or migrating version."""
         settled = self._settled
+        if state["journeys"].keys() <= settled:  # the usual case, in one set operation
+            return False
         for key, js in state["journeys"].items():
             if js["active"] and key not in settled and key.partition("#")[0] not in settled:
                 return True

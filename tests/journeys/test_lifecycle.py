@@ -251,6 +251,23 @@ class TestMigration:
         c.wait(minutes=1).does("page_view")
         assert c.stage("cart") == "checkout" and c.stage("cart@2") is None
 
+    def test_migrations_chain_and_win_over_a_stop(self, tmp_path: Path) -> None:
+        c = Customer(catalog(tmp_path, "one", cart(1)))
+        c.does("cart_add")
+        v3 = cart(
+            3, within="5m", action="remind_v3", extra=self.MIGRATE.replace("from: 1", "from: 2")
+        )
+        redeploy(
+            c, catalog(tmp_path, "three", cart(1, "stopped"), v2("draining", self.MIGRATE), v3)
+        )
+        step = c.wait(minutes=1).does("page_view")
+        assert [(t["from_version"], t["version"], t["reason"]) for t in step.transitions] == [
+            (1, 2, "migrated"),
+            (2, 3, "migrated"),
+        ]
+        c.wait(minutes=5).tick()
+        assert c.action_names() == ["remind_v3"] and c.stage("cart@3") == "abandoned"
+
     def test_a_window_the_new_version_lacks_is_cancelled(self, tmp_path: Path) -> None:
         c = Customer(catalog(tmp_path, "one", cart(1)))
         c.does("cart_add")

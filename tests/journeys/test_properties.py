@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import random
 import re
+import shutil
 import tempfile
 from collections import defaultdict
 from datetime import UTC, datetime
@@ -229,6 +231,7 @@ def test_quiet_hours_are_never_violated(plan: list[list[tuple[int, int]]], seed:
 # -- versions: a customer is pinned to the version it entered ---------------------------------
 
 _VERSIONS_ROOT = Path(tempfile.mkdtemp(prefix="percorso-versions-"))
+atexit.register(shutil.rmtree, _VERSIONS_ROOT, ignore_errors=True)
 
 
 def _versioned_catalog(name: str, versions: dict[int, str], migrate: bool = False) -> Path:

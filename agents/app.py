@@ -249,8 +249,10 @@ class Runtime:
         self.output.produce(out.topic, out.key, out.value, out.headers or None, partition)
 
     async def _checkpoint(self) -> None:
+        started = time.perf_counter()
         await self.checkpoint.run(list(self.parts.values()))
         self._checkpointed_at = time.monotonic()
+        self.metrics.checkpoint.observe(time.perf_counter() - started)
         for part in self.parts.values():  # values the checkpoint dead-lettered for their size
             if part.state_too_large:
                 self.metrics.dead_letters.labels(STATE_TOO_LARGE).inc(part.state_too_large)

@@ -235,6 +235,13 @@ class Metrics:
             buckets=PROCESSING_BUCKETS,
             registry=r,
         )
+        self.checkpoint = Histogram(
+            "percorso_checkpoint_seconds",
+            "Time a checkpoint takes (outputs and changelog delivered, offsets committed, "
+            "RocksDB written); records wait meanwhile.",
+            buckets=(*PROCESSING_BUCKETS, 2.5, 5.0, 10.0),
+            registry=r,
+        )
         self.last_event = Gauge(
             "percorso_last_event_timestamp_seconds",
             "Event time of the latest processed touchpoint.",

@@ -52,7 +52,7 @@ test-broker: $(STAMP) ## only the real-broker tests
 	$(BIN)/python -m pytest -m broker $(PYTEST_ARGS)
 
 test-embedded: $(STAMP) ## the broker tests again on the embedded broker (what a Python-only machine runs)
-	PERCORSO_BROKER=embedded $(BIN)/python -m pytest -m 'broker and not real_kafka' $(PYTEST_ARGS)
+	PERCORSO_BROKER=embedded $(BIN)/python -m pytest -m 'broker and not real_kafka and not kafka_semantics' $(PYTEST_ARGS)
 
 test-faults: $(STAMP) ## only the tests that kill and restart a local Apache Kafka
 	$(BIN)/python -m pytest -m real_kafka $(PYTEST_ARGS)

@@ -300,7 +300,8 @@ class Runtime:
         """Up to which event time this partition's wake-ups may fire (None: not yet). Caught up
         means: every record up to the high watermark of the last fetch response was applied,
         so the wall clock *as of that response* (minus the grace) is safe; otherwise the latest
-        event time applied on the partition."""
+        event time applied on the partition, and never later than the wall clock (minus the
+        grace)."""
         fetched = now
         for topic in self.topics:
             position = patches.position(self.app, topic, partition)
@@ -308,7 +309,11 @@ class Runtime:
             at = patches.last_fetch_ms(self.app, topic, partition)
             if position is None or highwater is None or at is None or position < highwater:
                 part = self.parts.get(partition)
-                return part.watermark if part is not None else None
+                if part is None or part.watermark is None:
+                    return None
+                # never past the clock: event times ahead of it (allowed up to the skew) must
+                # not fire a window before its deadline has come
+                return min(part.watermark, now - self.options.window_grace_ms)
             fetched = min(fetched, at)
         return fetched - self.options.window_grace_ms
 

@@ -274,7 +274,8 @@ class Driver:
     def safe_time(self, partition: int, now: int) -> int | None:
         if self.caught_up(partition):
             return now - self.window_grace_ms
-        return self.parts[partition].watermark
+        watermark = self.parts[partition].watermark
+        return None if watermark is None else min(watermark, now - self.window_grace_ms)
 
     def fire(self, now: int, limit: int = 20_000) -> int:
         fired = 0

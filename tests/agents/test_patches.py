@@ -204,6 +204,9 @@ def test_the_safe_time_is_the_last_fetch_time_when_caught_up(monkeypatch: Any) -
     assert Runtime.safe_time(runtime, 0, now=9_000) == 9_000 - 300
     seen["position"] = 9  # a record of the last response not applied yet
     assert Runtime.safe_time(runtime, 0, now=9_000) == 1_234
+    runtime.parts[0].watermark = 50_000  # event times ahead of the clock: the clock bounds it
+    assert Runtime.safe_time(runtime, 0, now=9_000) == 9_000 - 300
+    runtime.parts[0].watermark = 1_234
     seen["position"], seen["fetched"] = 10, None  # never fetched
     assert Runtime.safe_time(runtime, 0, now=9_000) == 1_234
     runtime.parts = {}

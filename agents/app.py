@@ -48,7 +48,7 @@ from agents.processor import (
 from agents.producer import OutputProducer
 from agents.store import PartitionStore
 from agents.stored import stages_of
-from journeys.engine import Engine
+from journeys.lifecycle import LifecycleEngine
 from journeys.model import Catalog
 from journeys.vocabulary import STANDARD_CHANNELS
 from percorso.broker import BrokerProfile
@@ -95,7 +95,7 @@ class Runtime:
         self.profile = profile
         self.options = options
         self.codecs = codecs or Codecs.from_settings(settings)
-        self.processor = Processor(settings, Engine(catalog), self.codecs)
+        self.processor = Processor(settings, LifecycleEngine(catalog), self.codecs)
         self.metrics = Metrics(registry, channels=STANDARD_CHANNELS | catalog.channels())
         self.app = self._create_app()
         self.output = OutputProducer(settings)

@@ -35,7 +35,7 @@ from agents.partition import PartitionProcessor, partition_for
 from agents.processor import Outgoing, Processor
 from agents.producer import DeliveryFailed
 from agents.store import PERSISTED_OFFSET_KEY, PartitionStore
-from journeys.engine import Engine
+from journeys.lifecycle import LifecycleEngine
 from journeys.model import Catalog
 from percorso.clients import Codecs
 from percorso.codec import LocalSchemaRegistry
@@ -169,7 +169,7 @@ class Driver:
     def start(self) -> None:
         """Start (or restart) the worker: open and recover the stores, read from the
         committed offsets."""
-        self.processor = Processor(self.settings, Engine(self.catalog), self.codecs)
+        self.processor = Processor(self.settings, LifecycleEngine(self.catalog), self.codecs)
         self.checkpoint = Checkpoint(self.producer, self._commit, self.changelog)
         self.checkpoint.committed = dict(self.committed)
         self.positions: dict[tuple[str, int], int] = dict(self.committed)

@@ -9,6 +9,7 @@ partition numbers. A touchpoint channel outside the catalog's vocabulary is coun
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from typing import Any
 
@@ -23,6 +24,8 @@ from prometheus_client import (
 )
 
 from journeys.engine import Step
+
+log = logging.getLogger(__name__)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -68,6 +71,7 @@ class Tally:
 
     __slots__ = (
         "actions",
+        "conversions",
         "dead_letters",
         "deferred",
         "event_to_action",
@@ -76,6 +80,7 @@ class Tally:
         "ticks",
         "touchpoints",
         "transitions",
+        "version_removed",
         "window_lateness",
         "windows",
     )
@@ -84,6 +89,8 @@ class Tally:
         self.touchpoints: dict[tuple[str, str], int] = {}
         self.dead_letters: dict[str, int] = {}
         self.transitions: dict[tuple[str, str, str], int] = {}
+        self.version_removed: dict[tuple[str, str], int] = {}  # (journey, version)
+        self.conversions: dict[tuple[str, str], int] = {}  # (journey, variant)
         self.actions: dict[tuple[str, str, str], int] = {}
         self.suppressed: dict[tuple[str, str, str], int] = {}
         self.deferred = 0
@@ -106,6 +113,13 @@ class Tally:
             for t in step.transitions:
                 k3 = (t["journey_id"], t["from_stage"] or "none", t["to_stage"])
                 self.transitions[k3] = self.transitions.get(k3, 0) + 1
+                if t["reason"] == "version_removed":
+                    k2 = (t["journey_id"], str(t.get("version") or "none"))
+                    self.version_removed[k2] = self.version_removed.get(k2, 0) + 1
+        if step.conversions:
+            for c in step.conversions:
+                k2 = (c["journey_id"], c["variant"] or "none")
+                self.conversions[k2] = self.conversions.get(k2, 0) + 1
         if step.actions:
             for a in step.actions:
                 k3 = (a["journey_id"], a["action"], a["channel"])
@@ -150,6 +164,21 @@ class Metrics:
             "percorso_stage_transitions_total",
             "Stage transitions, by journey and stages (from_stage none: entry).",
             ["journey", "from_stage", "to_stage"],
+            registry=r,
+        )
+        self.version_removed = Counter(
+            "percorso_version_removed_total",
+            "Customers who left a journey because the catalog no longer has the version they "
+            "were on (version none: an unversioned journey), by journey and version.",
+            ["journey", "version"],
+            registry=r,
+        )
+        self._removed_logged: set[tuple[str, str]] = set()
+        self.conversions = Counter(
+            "percorso_conversions_total",
+            "Journey instances that converted, by journey and experiment variant (holdout "
+            "included; none: the journey runs no experiment).",
+            ["journey", "variant"],
             registry=r,
         )
         self.actions = Counter(
@@ -298,6 +327,18 @@ class Metrics:
             self.dead_letters.labels(reason).inc(n)
         for labels, n in tally.transitions.items():
             self.transitions.labels(*labels).inc(n)
+        for labels2, n in tally.conversions.items():
+            self.conversions.labels(*labels2).inc(n)
+        for (journey, version), n in tally.version_removed.items():
+            self.version_removed.labels(journey, version).inc(n)
+            if (journey, version) not in self._removed_logged:  # once per journey version
+                self._removed_logged.add((journey, version))
+                log.warning(
+                    "journey %s version %s is not in the catalog: its customers leave the "
+                    "journey (reason version_removed) at their next touchpoint or tick",
+                    journey,
+                    version,
+                )
         for labels, n in tally.actions.items():
             self.actions.labels(*labels).inc(n)
         for labels, n in tally.suppressed.items():

@@ -166,9 +166,10 @@ class Processor:
         self.codecs = codecs
         self.topics = settings.topics
         self.limits = settings.limits
+        # attributes whose values become part of state keys: correlations and instance keys
         self.correlated = frozenset(
             k for j in engine.catalog.journeys for w in j.windows for k in w.correlate
-        )
+        ) | frozenset(j.instance_attribute for j in engine.catalog.journeys if j.instance_attribute)
 
     # -- ingest -----------------------------------------------------------------------------
 
@@ -275,6 +276,8 @@ class Processor:
             Outgoing(self.topics.transitions, key, self.codecs.transition.encode(t))
             for t in step.transitions
         ]
+        for c in step.conversions:
+            out.append(Outgoing(self.topics.conversions, key, self.codecs.conversion.encode(c)))
         for action in step.actions:
             out.append(
                 Outgoing(

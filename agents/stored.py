@@ -52,8 +52,10 @@ class Customer:
 
 
 def stage_summary(state: CustomerState) -> bytes:
+    """``journey=stage`` per active instance, by the author's journey id (a version's state key
+    ``cart@2`` or an instance's ``cart#A`` count as ``cart``: census labels stay bounded)."""
     return "\x1f".join(
-        f"{jid}={js['stage']}"
+        f"{jid.partition('#')[0].partition('@')[0]}={js['stage']}"
         for jid, js in sorted(state["journeys"].items())
         if js["active"] and js["stage"] is not None
     ).encode()

@@ -99,6 +99,7 @@ class Step:
     windows_fired: int = 0
     windows_cancelled: int = 0
     fired_at: list[int] = field(default_factory=list)  # deadlines of the windows that fired
+    conversions: list[dict[str, Any]] = field(default_factory=list)  # journeys.lifecycle
     next_due: int | None = None
 
 

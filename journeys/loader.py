@@ -33,10 +33,12 @@ from journeys.model import (
     ActionSpec,
     Catalog,
     Condition,
+    ConversionSpec,
     EventAction,
     Experiment,
     FrequencyCap,
     Journey,
+    Migration,
     Outcome,
     Policies,
     Predicate,
@@ -46,6 +48,7 @@ from journeys.model import (
     Stage,
     Suppression,
     Window,
+    state_key,
 )
 from journeys.vocabulary import STANDARD_TOUCHPOINT_TYPES
 
@@ -442,8 +445,21 @@ class _JourneyBuilder:
                 tuple(sorted((k, float(v)) for k, v in e["variants"].items())),
             )
         score = ScoreWeights(**(d.get("score") or {}))
+        version = d.get("version")
+        migrate = None
+        if "migrate" in d:
+            m = d["migrate"]
+            migrate = Migration(int(m["from"]), tuple(sorted(m["stages"].items())))
+        conversion = None
+        if "conversion" in d:
+            c = d["conversion"]
+            conversion = ConversionSpec(
+                _condition(c["when"]),
+                self.duration(("conversion", "within"), c["within"]),
+                c.get("value"),
+            )
         journey = Journey(
-            id=d["id"],
+            id=state_key(d["id"], version),
             name=d.get("name", d["id"]),
             category=category,
             priority=priority,
@@ -461,6 +477,15 @@ class _JourneyBuilder:
             experiment=experiment,
             score=score,
             source=self.src.file,
+            journey_id=d["id"] if version is not None else "",
+            version=version,
+            status=d.get("status", "active"),
+            migrate=migrate,
+            conversion=conversion,
+            instance_attribute=d["instance_key"][len("${attributes.") : -1]
+            if "instance_key" in d
+            else None,
+            max_instances=int(d.get("max_instances", 8)),
         )
         self.check(journey)
         return journey
@@ -522,6 +547,18 @@ class _JourneyBuilder:
             problem(("experiment", "holdout"), "a holdout of 1 leaves no one in the journey")
         if j.reentry == "after" and j.reentry_after_ms is None:
             problem(("entry", "reentry"), "after needs a duration")
+        if j.migrate is not None:
+            if j.version is None:
+                problem(("migrate",), "a migration needs the version of this journey (version)")
+            elif j.migrate.from_version >= j.version:
+                problem(
+                    ("migrate", "from"),
+                    f"migrates from version {j.migrate.from_version}, not older than this "
+                    f"version {j.version}",
+                )
+            for old, new in j.migrate.stages:
+                if new not in known:
+                    problem(("migrate", "stages", old), f"unknown stage {new!r} of this version")
 
 
 def _mentioned_types(j: Journey) -> frozenset[str]:
@@ -688,21 +725,35 @@ def load_catalog_with_problems(
     journeys: list[Journey] = []
     policies: list[tuple[_Source, Policies]] = []
     journeys_src: list[tuple[Journey, _Source]] = []
-    first_source: dict[str, str] = {}
+    families: dict[str, list[tuple[Journey, str]]] = {}  # journey id -> versions, files
     for path in files:
         src, loaded = _load_file(path, time_scale)
         problems += src.problems
         if isinstance(loaded, Policies):
             policies.append((src, loaded))
         elif isinstance(loaded, Journey):
-            if loaded.id in first_source:
+            family = families.setdefault(loaded.public_id, [])
+            same = [f for j, f in family if j.version == loaded.version]
+            if family and (loaded.version is None or family[0][0].version is None):
                 src.problem(
                     ("id",),
-                    f"journey id {loaded.id!r} is already defined in {first_source[loaded.id]}",
+                    f"journey id {loaded.public_id!r} is already defined in {family[0][1]}"
+                    + (
+                        " (several files of one journey each need a different version)"
+                        if loaded.version is not None or family[0][0].version is not None
+                        else ""
+                    ),
+                )
+                problems += src.problems[-1:]
+            elif same:
+                src.problem(
+                    ("version",),
+                    f"version {loaded.version} of journey {loaded.public_id!r} is already "
+                    f"defined in {same[0]}",
                 )
                 problems += src.problems[-1:]
             else:
-                first_source[loaded.id] = src.file
+                family.append((loaded, src.file))
                 journeys.append(loaded)
                 journeys_src.append((loaded, src))
     for src, _ in policies[1:]:
@@ -733,12 +784,49 @@ def load_catalog_with_problems(
                     f"event_types)",
                 )
                 problems.append(src.problems[-1])
+    problems += _version_problems(journeys_src)
     if problems:
         return None, problems, len(files)
     catalog = Catalog(
         tuple(sorted(journeys, key=lambda j: j.id)), policies[0][1] if policies else Policies()
     )
     return catalog, [], len(files)
+
+
+def _version_problems(journeys_src: list[tuple[Journey, _Source]]) -> list[Problem]:
+    """Across the files of one journey id: one file without a version, or distinct versions
+    (checked while loading); migrations name an existing older version and its stages."""
+    problems: list[Problem] = []
+    by_key = {j.id: j for j, _ in journeys_src}
+    for journey, src in journeys_src:
+        m = journey.migrate
+        if m is None or journey.version is None or m.from_version >= journey.version:
+            continue
+        old = by_key.get(state_key(journey.public_id, m.from_version))
+        if old is not None and old.instance_attribute != journey.instance_attribute:
+            src.problem(
+                ("migrate",),
+                f"version {m.from_version} is keyed by {old.instance_attribute!r} and this "
+                f"version by {journey.instance_attribute!r}: a migration keeps instances, so "
+                f"both need the same instance_key",
+            )
+            problems.append(src.problems[-1])
+        if old is None:
+            src.problem(
+                ("migrate", "from"),
+                f"version {m.from_version} of journey {journey.public_id!r} is not in the catalog",
+            )
+            problems.append(src.problems[-1])
+            continue
+        old_stages = {s.id for s in old.stages}
+        for stage, _ in m.stages:
+            if stage not in old_stages:
+                src.problem(
+                    ("migrate", "stages", stage),
+                    f"version {m.from_version} has no stage {stage!r}",
+                )
+                problems.append(src.problems[-1])
+    return problems
 
 
 def load_catalog(*paths: Path, time_scale: float = 1.0) -> Catalog:

@@ -8,6 +8,7 @@ from typing import Literal
 Category = Literal["marketing", "service", "transactional"]
 Reentry = Literal["never", "always", "after"]
 Comparison = Literal["eq", "ne", "in", "not_in", "exists", "gt", "gte", "lt", "lte"]
+Status = Literal["active", "draining", "stopped"]
 
 EXIT_STAGES = {"goal": "completed", "exit": "exited", "inactivity": "inactive"}
 
@@ -82,6 +83,25 @@ class Experiment:
 
 
 @dataclass(frozen=True)
+class Migration:
+    """Customers of version ``from_version`` move to the version that declares this, at their
+    next touchpoint or tick, when their stage is a key of ``stages``."""
+
+    from_version: int
+    stages: tuple[tuple[str, str], ...]  # (stage of the old version, stage of this one)
+
+
+@dataclass(frozen=True)
+class ConversionSpec:
+    """An instance converts when a touchpoint matching ``when`` arrives within ``within_ms`` of
+    its entry; ``value`` is a template like action parameters (``${attributes.amount}``)."""
+
+    when: Condition
+    within_ms: int
+    value: str | None = None
+
+
+@dataclass(frozen=True)
 class ScoreWeights:
     completion: float = 0.5
     satisfaction: float = 0.3
@@ -107,6 +127,19 @@ class Journey:
     experiment: Experiment | None = None
     score: ScoreWeights = ScoreWeights()
     source: str = ""
+    # lifecycle (journeys.lifecycle); ``id`` is the state key: the journey id for an unversioned
+    # file or version 1, ``<id>@<version>`` for later versions (see ``state_key``)
+    journey_id: str = ""  # the id authors write; empty: same as ``id``
+    version: int | None = None
+    status: Status = "active"
+    migrate: Migration | None = None
+    conversion: ConversionSpec | None = None
+    instance_attribute: str | None = None  # instance_key: ${attributes.NAME}; None: one instance
+    max_instances: int = 8  # open instances per customer; a touchpoint opening one more is ignored
+
+    @property
+    def public_id(self) -> str:
+        return self.journey_id or self.id
 
     def stage(self, stage_id: str) -> Stage:
         return next(s for s in self.stages if s.id == stage_id)
@@ -171,3 +204,16 @@ class Catalog:
         ]
         specs += [a.action for j in self.journeys for a in j.actions]
         return frozenset(c for spec in specs for c in spec.channels)
+
+
+def state_key(journey_id: str, version: int | None) -> str:
+    """Where a customer's instance of a journey version lives in ``CustomerState.journeys``:
+    the journey id for an unversioned journey and for version 1 (so state written before
+    versions existed stays on version 1), ``<id>@<version>`` for later versions."""
+    return journey_id if version is None or version == 1 else f"{journey_id}@{version}"
+
+
+def split_state_key(key: str) -> tuple[str, int | None]:
+    """(journey id, version) of a state key; version None when the key does not say."""
+    journey_id, _, version = key.partition("@")
+    return journey_id, int(version) if version.isdigit() else None

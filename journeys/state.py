@@ -7,7 +7,7 @@ state through Avro schema resolution; no conversion layer sits on the hot path.
 
 from __future__ import annotations
 
-from typing import TypedDict
+from typing import NotRequired, TypedDict
 
 # Bounds on the collections a customer's touchpoints make grow. They are part of the engine's
 # decisions (the same in every worker and in ``percorso simulate``), so they are constants, not
@@ -67,6 +67,11 @@ class JourneyState(TypedDict):
     last_channel: str | None
     satisfaction: float | None
     windows: list[WindowState]
+    # journeys.lifecycle, only for journeys measured by conversions: absent in older state and
+    # in the others. Not in the Avro record, which only reads values stored before the
+    # MessagePack envelope (agents.stored version 1, whose journeys had no conversions).
+    last_action: NotRequired[str | None]  # the last action this instance sent
+    converted_at: NotRequired[int | None]  # when this instance converted
 
 
 class PendingAction(TypedDict):

@@ -191,6 +191,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         sys.stderr,
         until=args.until,
         include=args.include,
+        catalog_changes=args.catalog_change or (),
     )
 
 
@@ -218,6 +219,36 @@ def cmd_analytics(args: argparse.Namespace) -> int:
         else int(os.environ.get("PERCORSO_ANALYTICS_PORT", 6067)),
         worker_metrics,
     )
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from percorso.report import build_report, read_records, records_from_topics, render
+
+    records: list[dict[str, Any]] = []
+    if args.files:
+        for name in args.files:
+            try:
+                stream = sys.stdin if name == "-" else open(name, encoding="utf-8")  # noqa: SIM115
+            except OSError as exc:
+                sys.exit(f"percorso report: cannot read {name}: {exc.strerror}")
+            with stream:
+                try:
+                    records += read_records(stream)
+                except json.JSONDecodeError as exc:
+                    sys.exit(f"percorso report: {name}:{exc.lineno}: not JSON: {exc.msg}")
+    else:
+        from percorso.clients import Codecs
+
+        settings = _settings(args)
+        _require_broker(settings)
+        try:
+            records = records_from_topics(
+                settings, Codecs.from_settings(settings), args.idle_timeout
+            )
+        except ValueError as exc:
+            sys.exit(f"percorso report: {exc}")
+    print(render(build_report(records), args.json))
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -280,6 +311,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", help="journey files or folders")
     p.set_defaults(func=cmd_validate)
 
+    p = sub.add_parser(
+        "report",
+        help="per journey, version and variant: entries, completions, exits, conversions, "
+        "uplift against the holdout",
+    )
+    _common(p)
+    p.add_argument(
+        "files",
+        nargs="*",
+        help="`percorso simulate` output (JSON lines, '-' for stdin); none: read the "
+        "transitions and conversions topics from the beginning",
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=5.0,
+        help="topics: stop reading a topic after this many idle seconds",
+    )
+    p.set_defaults(func=cmd_report)
+
     p = sub.add_parser("simulate", help="replay recorded touchpoints offline through the engine")
     p.add_argument("--journeys", required=True, help="folder of journey files")
     p.add_argument("--events", required=True, help="JSON-lines touchpoints ('-' for stdin)")
@@ -290,8 +342,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--include",
-        default="actions,transitions",
-        help="what to print: actions, transitions, suppressed (comma-separated)",
+        default="actions,transitions,conversions",
+        help="what to print: actions, transitions, conversions, suppressed, late (comma-separated)",
+    )
+    p.add_argument(
+        "--catalog-change",
+        action="append",
+        metavar="TIME=DIR",
+        help="from event time TIME (ISO-8601 or epoch ms) on, replay with the catalog in DIR, "
+        "keeping every customer's state (repeatable)",
     )
     p.set_defaults(func=cmd_simulate)
 

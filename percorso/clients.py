@@ -9,7 +9,12 @@ from typing import Any
 
 from percorso.codec import AvroCodec, SchemaRegistry, registry_from_env
 from percorso.config import Settings
-from percorso.topics import ACTION_SUBJECT, TOUCHPOINT_SUBJECT, TRANSITION_SUBJECT
+from percorso.topics import (
+    ACTION_SUBJECT,
+    CONVERSION_SUBJECT,
+    TOUCHPOINT_SUBJECT,
+    TRANSITION_SUBJECT,
+)
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +41,16 @@ class Codecs:
     def transition(self) -> AvroCodec:
         return AvroCodec(self.registry, TRANSITION_SUBJECT)
 
+    @cached_property
+    def conversion(self) -> AvroCodec:
+        return AvroCodec(self.registry, CONVERSION_SUBJECT)
+
     def for_subject(self, subject: str) -> AvroCodec:
         return {
             TOUCHPOINT_SUBJECT: self.touchpoint,
             ACTION_SUBJECT: self.action,
             TRANSITION_SUBJECT: self.transition,
+            CONVERSION_SUBJECT: self.conversion,
         }[subject]
 
 

@@ -25,6 +25,7 @@ class TopicNames:
     actions_prefix: str = "percorso.actions."
     transitions: str = "percorso.transitions"
     dlq: str = "percorso.touchpoints.dlq"
+    conversions: str = "percorso.conversions"
 
     def actions(self, channel: str) -> str:
         return f"{self.actions_prefix}{channel}"
@@ -103,6 +104,7 @@ class Settings:
                 actions_prefix=e.get("PERCORSO_TOPIC_ACTIONS_PREFIX", base.topics.actions_prefix),
                 transitions=e.get("PERCORSO_TOPIC_TRANSITIONS", base.topics.transitions),
                 dlq=e.get("PERCORSO_TOPIC_DLQ", base.topics.dlq),
+                conversions=e.get("PERCORSO_TOPIC_CONVERSIONS", base.topics.conversions),
             ),
             partitions=int(e.get("PERCORSO_PARTITIONS", base.partitions)),
             replication_factor=int(e.get("PERCORSO_REPLICATION_FACTOR", base.replication_factor)),

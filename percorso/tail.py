@@ -11,7 +11,12 @@ from typing import Any
 from percorso.clients import Codecs
 from percorso.codec import AvroCodec, SerializationError
 from percorso.config import Settings
-from percorso.topics import ACTION_SUBJECT, TOUCHPOINT_SUBJECT, TRANSITION_SUBJECT
+from percorso.topics import (
+    ACTION_SUBJECT,
+    CONVERSION_SUBJECT,
+    TOUCHPOINT_SUBJECT,
+    TRANSITION_SUBJECT,
+)
 
 
 def subject_for(settings: Settings, topic: str) -> str | None:
@@ -23,11 +28,13 @@ def subject_for(settings: Settings, topic: str) -> str | None:
         return TOUCHPOINT_SUBJECT
     if topic == t.transitions:
         return TRANSITION_SUBJECT
+    if topic == t.conversions:
+        return CONVERSION_SUBJECT
     if topic.startswith(t.actions_prefix):
         return ACTION_SUBJECT
     raise ValueError(
         f"{topic!r} is not a Percorso topic (input {t.touchpoints}, actions "
-        f"{t.actions_prefix}<channel>, {t.transitions}, {t.dlq})"
+        f"{t.actions_prefix}<channel>, {t.transitions}, {t.conversions}, {t.dlq})"
     )
 
 

@@ -8,11 +8,12 @@ from typing import Any, Literal
 
 from percorso.config import Settings
 
-Role = Literal["input", "actions", "transitions", "dlq", "internal"]
+Role = Literal["input", "actions", "transitions", "conversions", "dlq", "internal"]
 
 TOUCHPOINT_SUBJECT = "io.percorso.Touchpoint"
 ACTION_SUBJECT = "io.percorso.Action"
 TRANSITION_SUBJECT = "io.percorso.StageTransition"
+CONVERSION_SUBJECT = "io.percorso.Conversion"
 
 WEEK_MS = 7 * 24 * 3600 * 1000
 
@@ -60,6 +61,16 @@ def percorso_topics(settings: Settings, channels: Iterable[str] | None = None) -
             "transitions",
             "customer_id",
             TRANSITION_SUBJECT,
+            settings.partitions,
+            rf,
+            retained,
+            delete,
+        ),
+        TopicSpec(
+            t.conversions,
+            "conversions",
+            "customer_id",
+            CONVERSION_SUBJECT,
             settings.partitions,
             rf,
             retained,

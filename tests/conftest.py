@@ -72,6 +72,7 @@ def settings_for(
             actions_prefix=unique("actions") + ".",
             transitions=unique("transitions"),
             dlq=unique("dlq"),
+            conversions=unique("conversions"),
         ),
         partitions=4,
         replication_factor=1,

@@ -37,6 +37,8 @@ class Aggregator:
     def transition(self, t: dict[str, Any], topic: str, partition: int, offset: int) -> None:
         with self.lock:
             journey_id, customer_id = t["journey_id"], t["customer_id"]
+            if t.get("instance_key") is not None:  # one customer, several instances (carts)
+                customer_id = f"{customer_id}#{t['instance_key']}"
             customer = self.store.customer(journey_id, customer_id)
             updated = self._journey(journey_id).transition(t, customer)
             if updated is None:

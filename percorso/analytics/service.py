@@ -6,6 +6,7 @@ import logging
 import signal
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from percorso.analytics.aggregator import Aggregator
 from percorso.analytics.server import Views, serve
@@ -13,6 +14,9 @@ from percorso.analytics.store import AnalyticsStore
 from percorso.analytics.stream import Stream
 from percorso.analytics.workers import WorkerMetrics
 from percorso.config import Settings
+
+if TYPE_CHECKING:
+    from journeys.model import Catalog
 
 log = logging.getLogger(__name__)
 
@@ -27,10 +31,19 @@ def journey_catalog(settings: Settings) -> tuple[dict[str, list[str]], dict[str,
     except (JourneyError, OSError) as exc:
         log.warning("journey definitions not loaded from %s: %s", settings.journeys_dir, exc)
         return {}, {}
-    return (
-        {j.id: [s.id for s in j.stages] for j in catalog.journeys},
-        {j.id: j.name for j in catalog.journeys},
-    )
+    return catalog_view(catalog)
+
+
+def catalog_view(catalog: Catalog) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """By the journey id records carry: the newest version's stages, then stages only older
+    versions have; the newest version's name."""
+    order: dict[str, list[str]] = {}
+    names: dict[str, str] = {}
+    for j in sorted(catalog.journeys, key=lambda j: -(j.version or 0)):
+        stages = order.setdefault(j.public_id, [])
+        stages += [s.id for s in j.stages if s.id not in stages]
+        names.setdefault(j.public_id, j.name)
+    return order, names
 
 
 def run_analytics(

@@ -271,6 +271,74 @@ def test_an_engine_exception_is_quarantined_and_the_worker_goes_on(tmp_path: Pat
     assert after["watermark"] > before["watermark"] > 0  # the next touchpoint applied
 
 
+def test_a_rolling_restart_with_a_new_catalog_equals_the_replay_of_the_change(
+    tmp_path: Path,
+) -> None:
+    """The worker restarts at event time CHANGE with version 2 of the example cart journey
+    (version 1 draining, its waiting carts migrated): the actions, conversions and transitions
+    it sends are those of ``simulate --catalog-change CHANGE=examples/evolving/v2``. Stops and
+    migrations happen at a customer's next touchpoint or wake-up, so their transitions are
+    compared without their time."""
+    import json
+
+    from journeys.lifecycle import LifecycleEngine
+    from percorso.records import touchpoint_from_json
+
+    repo = CATALOG_DIR.parents[1]
+    v1 = load_catalog(repo / "examples" / "evolving" / "v1")
+    v2 = load_catalog(repo / "examples" / "evolving" / "v2")
+    with (repo / "examples" / "carts.jsonl").open() as f:
+        events = [touchpoint_from_json(json.loads(line)) for line in f]
+    change = 1_772_524_800_000  # 2026-03-03T08:00:00Z
+    end = max(e["occurred_at"] for e in events) + 8 * 86_400_000
+    want_actions: set[str] = set()
+    want_conversions: list[dict[str, Any]] = []
+    want_transitions: list[tuple[Any, ...]] = []
+
+    def moved(t: dict[str, Any]) -> tuple[Any, ...]:
+        keep = ("customer_id", "version", "instance_key", "from_stage", "to_stage", "reason")
+        return tuple(t.get(k) for k in keep)
+
+    steps = replay(
+        LifecycleEngine(v1),
+        [dict(e) for e in events],
+        end,
+        changes=[(change, LifecycleEngine(v2))],
+    )
+    for step in steps:
+        want_actions |= {a["action_id"] for a in step.actions}
+        want_conversions += step.conversions
+        want_transitions += [moved(t) for t in step.transitions]
+    assert any(t[5] == "migrated" for t in want_transitions)
+    assert len(want_actions) > 100 and len(want_conversions) > 100
+
+    driver = Driver(v1, tmp_path)
+    driver.send(e for e in events if e["occurred_at"] < change)
+    run(driver.run(change - 1, max_records=50))
+    driver.fire(change - 1)
+    run(driver.checkpoint_now())
+    driver.catalog = v2  # the rolling restart, with the new catalog
+    driver.crash()
+    driver.send(e for e in events if e["occurred_at"] >= change)
+    run(driver.run(end, max_records=50))
+    driver.fire(end)
+    run(driver.checkpoint_now())
+
+    assert {a["action_id"] for a in driver.actions()} == want_actions
+    topics = driver.settings.topics
+    conversions = [
+        driver.codecs.conversion.decode(r.value) for r in driver.log.topic(topics.conversions)
+    ]
+    key = lambda c: (c["customer_id"], c["instance"], c["at"])  # noqa: E731
+    assert sorted(conversions, key=key) == sorted(want_conversions, key=key)
+    transitions = [
+        moved(driver.codecs.transition.decode(r.value))
+        for r in driver.log.topic(topics.transitions)
+    ]
+    assert sorted(transitions, key=repr) == sorted(want_transitions, key=repr)
+    assert not driver.dead_letters()
+
+
 def test_a_customer_grown_beyond_the_state_limit_keeps_its_last_stored_value(
     tmp_path: Path,
 ) -> None:

@@ -121,3 +121,44 @@ def test_exposition_is_prometheus_text() -> None:
     text = m.exposition().decode()
     assert "# TYPE percorso_touchpoints_total counter" in text
     assert "_created" not in text
+
+
+def test_customers_of_a_removed_version_are_counted_and_logged_once(
+    tmp_path,
+    caplog,  # type: ignore[no-untyped-def]
+) -> None:
+    from journeys.engine import Tick
+    from journeys.lifecycle import LifecycleEngine
+
+    journey = (CATALOG_DIR / "cart_recovery.yaml").read_text()
+    before, after = tmp_path / "before", tmp_path / "after"
+    for folder, versions in ((before, (1, 2)), (after, (1,))):
+        folder.mkdir()
+        for v in versions:
+            text = journey.replace("priority: 60", f"priority: 60\nversion: {v}")
+            (folder / f"cart_v{v}.yaml").write_text(text)
+    old, new = LifecycleEngine(load_catalog(before)), LifecycleEngine(load_catalog(after))
+    m = fresh()
+    for n in range(3):
+        tp = {
+            "event_id": f"e{n}",
+            "customer_id": f"c{n}",
+            "channel": "web",
+            "type": "cart_add",
+            "occurred_at": 1_767_225_600_000,
+            "attributes": {},
+            "source": None,
+        }
+        state = old.advance(None, tp).state
+        assert "cart_recovery@2" in state["journeys"]
+        with caplog.at_level("WARNING", logger="agents.metrics"):
+            m.observe_step(new.advance(state, Tick(1_767_225_600_000 + 60_000)), 0, None)
+    value = m.registry.get_sample_value(
+        "percorso_version_removed_total", {"journey": "cart_recovery", "version": "2"}
+    )
+    assert value == 3
+    lines = [r.getMessage() for r in caplog.records if "not in the catalog" in r.getMessage()]
+    assert lines == [
+        "journey cart_recovery version 2 is not in the catalog: its customers leave the "
+        "journey (reason version_removed) at their next touchpoint or tick"
+    ]

@@ -196,6 +196,40 @@ def test_an_engine_exception_is_quarantined_with_the_stored_bytes() -> None:
     assert failing.apply(None, other, T0, 0).step.state["customer_id"] == "c2"
 
 
+def test_conversions_go_to_their_topic_with_the_version(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from journeys.lifecycle import LifecycleEngine
+
+    journey = (CATALOG_DIR / "cart_recovery.yaml").read_text()
+    text = journey.replace(
+        "priority: 60",
+        "priority: 60\nversion: 3\nconversion: {when: {type: purchase}, within: 7d, "
+        'value: "${attributes.amount}"}',
+    )
+    (tmp_path / "cart.yaml").write_text(text)
+    processor = Processor(SETTINGS, LifecycleEngine(load_catalog(tmp_path)), CODECS)
+    first = processor.apply(None, tp("a", "cart_add", ms(T0), sku="S"), 0, 0)
+    then = processor.apply(first.customer, tp("b", "purchase", ms(T0) + MINUTE, amount="9"), 0, 0)
+    (out,) = [o for o in then.outgoing if o.topic == SETTINGS.topics.conversions]
+    assert out.key == b"c1"
+    conversion = CODECS.conversion.decode(out.value)
+    assert conversion["journey_id"] == "cart_recovery" and conversion["version"] == 3
+    assert conversion["value"] == "9" and conversion["entered_at"] == ms(T0)
+    transitions = [
+        CODECS.transition.decode(o.value)
+        for o in then.outgoing
+        if o.topic == SETTINGS.topics.transitions
+    ]
+    assert [(t["reason"], t["version"]) for t in transitions] == [("goal", 3)]
+    from prometheus_client import CollectorRegistry
+
+    from agents.metrics import Metrics
+
+    metrics = Metrics(CollectorRegistry())
+    metrics.observe_step(then.step, 0, None)
+    labels = {"journey": "cart_recovery", "variant": "none"}
+    assert metrics.registry.get_sample_value("percorso_conversions_total", labels) == 1
+
+
 # -- hostile input: limits, skew, dead letters that always fit -------------------------------
 
 
@@ -324,3 +358,18 @@ def test_headers_count_towards_the_size_of_a_touchpoint() -> None:
     assert PROCESSOR.decode(value, None, {"h": None})["event_id"] == "e"
     with pytest.raises(Rejected, match="bytes of value and headers"):
         PROCESSOR.decode(value, None, [("h", b"x" * (limit - len(value)))])
+
+
+def test_an_instance_key_is_held_to_the_correlation_bound(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Its values become part of the customer's state keys, like correlation values."""
+    from journeys.lifecycle import LifecycleEngine
+
+    journey = (CATALOG_DIR / "cart_recovery.yaml").read_text()
+    keyed = journey.replace("priority: 60", 'priority: 60\ninstance_key: "${attributes.cart_id}"')
+    (tmp_path / "cart.yaml").write_text(keyed)
+    processor = Processor(SETTINGS, LifecycleEngine(load_catalog(tmp_path)), CODECS)
+    assert processor.correlated == {"cart_id"}
+    long = "C" * (SETTINGS.limits.max_correlation_value_bytes + 1)
+    encoded = CODECS.touchpoint.encode(tp("e", "cart_add", ms(T0), cart_id=long))
+    with pytest.raises(Rejected, match="PERCORSO_MAX_CORRELATION_VALUE_BYTES"):
+        processor.decode(encoded)

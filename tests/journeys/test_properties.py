@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import atexit
 import random
+import re
+import shutil
+import tempfile
 from collections import defaultdict
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from journeys.engine import Engine
+from journeys.engine import Engine, assign_variant
+from journeys.lifecycle import LifecycleEngine
 from journeys.loader import load_catalog
 from journeys.simulate import replay
 from tests.journeys.harness import CATALOG_DIR, T0, ms
@@ -220,3 +226,227 @@ def test_quiet_hours_are_never_violated(plan: list[list[tuple[int, int]]], seed:
             local = datetime.fromtimestamp(_send_time(a) / 1000, tz=UTC).astimezone(zone)
             minute = local.hour * 60 + local.minute
             assert quiet.end_minute <= minute < quiet.start_minute, (a["action"], local)
+
+
+# -- versions: a customer is pinned to the version it entered ---------------------------------
+
+_VERSIONS_ROOT = Path(tempfile.mkdtemp(prefix="percorso-versions-"))
+atexit.register(shutil.rmtree, _VERSIONS_ROOT, ignore_errors=True)
+
+
+def _versioned_catalog(name: str, versions: dict[int, str], migrate: bool = False) -> Path:
+    """The shipped catalog with every journey at ``versions`` (version -> status); later
+    versions wait 1 minute in every window, so a decision under them looks different."""
+    folder = _VERSIONS_ROOT / name
+    folder.mkdir()
+    for path in sorted(CATALOG_DIR.glob("*.yaml")):
+        text = path.read_text()
+        if "kind: Journey" not in text:
+            (folder / path.name).write_text(text)
+            continue
+        for version, status in versions.items():
+            extra = f"version: {version}\nstatus: {status}\n"
+            body = text
+            if version > 1:
+                body = re.sub(r"within: \S+", "within: 1m", body)
+                if migrate:
+                    journey_id = re.findall(r"^id: (\w+)", body, re.M)[0]
+                    names = [s.id for s in ENGINE.catalog.journey(journey_id).stages]
+                    pairs = ", ".join(f"{s}: {s}" for s in names)
+                    extra += f"migrate: {{from: {version - 1}, stages: {{{pairs}}}}}\n"
+            body = body.replace("kind: Journey\n", f"kind: Journey\n{extra}", 1)
+            (folder / f"{path.stem}_v{version}.yaml").write_text(body)
+    return folder
+
+
+V1 = LifecycleEngine(load_catalog(_versioned_catalog("v1", {1: "active"})))
+V2_DRAINING_V1 = LifecycleEngine(
+    load_catalog(_versioned_catalog("v2", {1: "draining", 2: "active"}))
+)
+V2_MIGRATING = LifecycleEngine(
+    load_catalog(_versioned_catalog("v2m", {1: "draining", 2: "active"}, migrate=True))
+)
+
+
+def _transitions(
+    engine: LifecycleEngine, events: list[dict[str, Any]], end: int, changes: list[Any]
+) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    out: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    copies = [dict(e, attributes=dict(e["attributes"])) for e in events]
+    for step in replay(engine, copies, end, changes=changes):
+        for t in step.transitions:
+            out[(t["customer_id"], t["journey_id"])].append(t)
+    return out
+
+
+@common
+@given(traffic, st.integers(0, 1000), st.integers(0, 3000), st.booleans())
+def test_pinned_customers_are_not_affected_by_a_newer_version_unless_migrated(
+    plan: list[list[tuple[int, int]]], seed: int, change_after_minutes: int, migrate: bool
+) -> None:
+    by_customer = build(plan)
+    events = interleave(by_customer, seed)
+    end = last_time(by_customer) + 10 * 24 * 60 * MINUTE
+    change = ms(T0) + change_after_minutes * MINUTE
+    newer = V2_MIGRATING if migrate else V2_DRAINING_V1
+    before = _transitions(V1, events, end, [])
+    after = _transitions(V1, events, end, [(change, newer)])
+    for key, records in after.items():
+        on_v1 = [t for t in records if t["version"] == 1]
+        # what version 1 decided is what it would have decided without version 2, up to
+        # where its customers left it (or, with a migration, were moved out of it)
+        assert on_v1 == before[key][: len(on_v1)], key
+        inside_v1 = False
+        for t in records:
+            if t["version"] == 1:
+                inside_v1 = t["to_stage"] not in ("completed", "exited", "inactive")
+            elif inside_v1:  # a version-2 record while the customer is still in version 1
+                assert migrate and t["reason"] == "migrated", (key, t)
+                inside_v1 = False
+            if t["version"] == 2 and t["from_stage"] is None:
+                assert t["at"] >= change, "a new version took an entry before it was deployed"
+
+
+# -- instances: each instance lives as if its touchpoints were the only ones --------------------
+
+_CART = """
+apiVersion: percorso/v1
+kind: Journey
+id: cart
+%s
+entry: {when: {type: cart_add}, reentry: always}
+exit: {goal: {type: purchase}, events: [{type: cart_cleared}], inactivity: 2h}
+stages:
+  - {id: carted, when: {type: cart_add}}
+  - {id: checkout, when: {type: checkout_started}}
+  - {id: abandoned}
+windows:
+  - id: reminder
+    start: {type: cart_add}
+    wait_for: {type: [checkout_started, purchase]}
+    within: 30m
+    on_timeout: {goto: abandoned, action: {name: remind, channels: [email]}}
+  - id: nudge
+    after: reminder
+    wait_for: {type: purchase}
+    within: 20m
+    on_timeout: {action: {name: nudge, channels: [email]}}
+"""
+
+
+def _cart_engine(name: str, keyed: bool) -> LifecycleEngine:
+    folder = _VERSIONS_ROOT / name
+    folder.mkdir()
+    (folder / "cart.yaml").write_text(_CART % ('instance_key: "${attributes.cart_id}"' * keyed))
+    return LifecycleEngine(load_catalog(folder))
+
+
+KEYED_CART, SINGLE_CART = _cart_engine("keyed", True), _cart_engine("single", False)
+CART_MOVES = ["cart_add", "checkout_started", "purchase", "page_view", "cart_cleared"]
+cart_traffic = st.lists(
+    st.tuples(GAPS, st.sampled_from(CART_MOVES), st.sampled_from(["A", "B", "C"])),
+    min_size=1,
+    max_size=30,
+)
+
+
+@common
+@given(cart_traffic)
+def test_each_instance_lives_as_if_its_touchpoints_were_the_only_ones(
+    moves: list[tuple[int, str, str]],
+) -> None:
+    events, t = [], ms(T0)
+    for n, (gap, kind, cart) in enumerate(moves):
+        t += gap * MINUTE
+        events.append(
+            {
+                "event_id": f"e{n}",
+                "customer_id": "c1",
+                "channel": "web",
+                "type": kind,
+                "occurred_at": t,
+                "attributes": {"cart_id": cart},
+                "source": None,
+            }
+        )
+    end = t + 3 * 24 * 60 * MINUTE
+    together: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for step in replay(KEYED_CART, [dict(e) for e in events], end):
+        for tr in step.transitions:
+            together[tr.pop("instance_key")].append(tr)
+    for cart in ("A", "B", "C"):
+        alone = [e for e in events if e["attributes"]["cart_id"] == cart]
+        transitions = [tr for step in replay(SINGLE_CART, alone, end) for tr in step.transitions]
+        assert together.get(cart, []) == transitions, cart
+
+
+# -- conversions ---------------------------------------------------------------------------------
+
+EVOLVING = LifecycleEngine(load_catalog(CATALOG_DIR.parents[1] / "examples" / "evolving" / "v1"))
+WEEK = 7 * 24 * 60 * MINUTE
+_GROUPS = [assign_variant(EVOLVING.catalog.journey("cart"), f"c{n}") for n in range(50)]
+# one customer held out, two in the treated variant
+SHOPPERS = [
+    f"c{_GROUPS.index('holdout')}",
+    *[f"c{n}" for n, g in enumerate(_GROUPS) if g == "reminder"][:2],
+]
+# carts: (minutes after the previous cart, customer, cart id, bought after N minutes or never)
+carts = st.lists(
+    st.tuples(
+        st.sampled_from([1, 20, 61, 600, 3000]),
+        st.sampled_from(SHOPPERS),
+        st.sampled_from(["A", "B"]),
+        st.none() | st.sampled_from([5, 59, 61, 90, 3000, 10_079, 10_081]),
+    ),
+    min_size=1,
+    max_size=15,
+)
+
+
+@common
+@given(carts)
+def test_conversions_are_inside_their_window_once_and_attributed_to_what_was_sent(
+    plan: list[tuple[int, str, str, int | None]],
+) -> None:
+    t = ms(T0)
+    events = []
+    for n, (gap, customer, cart, bought_after) in enumerate(plan):
+        t += gap * MINUTE
+        moments = [("cart_add", t)]
+        if bought_after is not None:
+            moments.append(("purchase", t + bought_after * MINUTE))
+        for kind, at in moments:
+            events.append(
+                {
+                    "event_id": f"e{n}-{kind}",
+                    "customer_id": customer,
+                    "channel": "web",
+                    "type": kind,
+                    "occurred_at": at,
+                    "attributes": {"cart_id": cart, "amount": "10"},
+                    "source": None,
+                }
+            )
+    events.sort(key=lambda e: e["occurred_at"])
+    t = events[-1]["occurred_at"]
+    sent: dict[tuple[str, str], list[tuple[int, str]]] = defaultdict(list)
+    seen: set[tuple[str, str, int]] = set()
+    journey = EVOLVING.catalog.journey("cart")
+    for step in replay(EVOLVING, events, t + 2 * WEEK):
+        for a in step.actions:
+            sent[(a["customer_id"], a["instance_key"])].append((a["created_at"], a["action_id"]))
+        for c in step.conversions:
+            assert c["entered_at"] <= c["at"] <= c["entered_at"] + WEEK
+            once = (c["customer_id"], c["instance"], c["entered_at"])
+            assert once not in seen, "an instance converted twice"
+            seen.add(once)
+            assert c["variant"] == assign_variant(journey, c["customer_id"])
+            before = [
+                i
+                for at, i in sent[(c["customer_id"], c["instance"])]
+                if c["entered_at"] <= at < c["at"]
+            ]
+            if c["variant"] == "holdout":
+                assert c["attributed_action_id"] is None and not before
+            else:
+                assert c["attributed_action_id"] == (before[-1] if before else None)

@@ -118,6 +118,22 @@ def test_reentry_counts_a_new_instance_and_leaves_the_old_stage() -> None:
     assert next(f for f in view["funnel"] if f["stage"] == "carted")["reached"] == 2
 
 
+def test_instances_of_one_customer_are_followed_apart(tmp_path: Path) -> None:
+    store = AnalyticsStore(tmp_path / "a")
+    agg = Aggregator(store, {"cart_recovery": ["carted", "checkout", "abandoned"]})
+    two_carts = [
+        {**tr("c1", None, "carted", 0), "instance_key": "A"},
+        {**tr("c1", None, "carted", MIN), "instance_key": "B"},
+        {**tr("c1", "carted", "checkout", 2 * MIN, spent=2 * MIN), "instance_key": "A"},
+    ]
+    for offset, t in enumerate(two_carts):
+        agg.transition(t, "transitions", 0, offset)
+    view = agg.journey_view("cart_recovery")
+    assert view is not None
+    assert agg.totals["transitions"] == 3 and agg.totals.get("repeated_transitions", 0) == 0
+    assert {f["stage"]: f["now"] for f in view["funnel"][1:3]} == {"carted": 1, "checkout": 1}
+
+
 def test_percentiles_are_within_ten_percent() -> None:
     h = Histogram()
     values = [1000 * s for s in range(1, 1001)]  # 1 s .. 1000 s
@@ -229,3 +245,12 @@ def test_http_is_read_only_and_serves_the_page(tmp_path: Path) -> None:
     finally:
         server.shutdown()
         store.close()
+
+
+def test_versions_of_a_journey_are_one_journey_on_the_page() -> None:
+    from journeys.loader import load_catalog
+    from percorso.analytics.service import catalog_view
+
+    examples = Path(__file__).resolve().parents[2] / "examples" / "evolving"
+    order, names = catalog_view(load_catalog(examples / "v2"))
+    assert order == {"cart": ["carted", "checkout", "abandoned"]} and names == {"cart": "cart"}

@@ -56,6 +56,8 @@ actions = st.fixed_dictionaries(
         "category": text,
         "variant": st.none() | text,
         "not_before": st.none() | millis,
+        "version": st.none() | st.integers(1, 2**31 - 1),
+        "instance_key": st.none() | text,
     }
 )
 transitions = st.fixed_dictionaries(
@@ -66,12 +68,28 @@ transitions = st.fixed_dictionaries(
         "to_stage": text,
         "at": millis,
         "cause": text,
-        "reason": st.sampled_from(["event", "window", "exit", "inactivity", "goal", "unknown"]),
+        "reason": st.sampled_from(
+            [
+                "event",
+                "window",
+                "exit",
+                "inactivity",
+                "goal",
+                "unknown",
+                "stopped",
+                "version_removed",
+                "migrated",
+            ]
+        ),
         "time_in_stage_ms": st.none() | millis,
         "instance": st.integers(0, 2**31 - 1),
         "score": st.none() | st.floats(0, 1),
         "touchpoints": st.integers(0, 2**31 - 1),
         "channel_switches": st.integers(0, 2**31 - 1),
+        "version": st.none() | st.integers(1, 2**31 - 1),
+        "instance_key": st.none() | text,
+        "variant": st.none() | text,
+        "from_version": st.none() | st.integers(1, 2**31 - 1),
     }
 )
 

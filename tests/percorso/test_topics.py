@@ -16,11 +16,13 @@ def test_declaration_covers_the_contract() -> None:
         "touchpoints",
         "percorso.transitions",
         "percorso.touchpoints.dlq",
+        "percorso.conversions",
         *(f"percorso.actions.{c}" for c in ("email", "sms", "push", "agent", "web", "app")),
     }
     assert specs["touchpoints"].value_subject == "io.percorso.Touchpoint"
     assert specs["percorso.touchpoints.dlq"].value_subject is None
     assert specs["percorso.actions.sms"].value_subject == "io.percorso.Action"
+    assert specs["percorso.conversions"].value_subject == "io.percorso.Conversion"
     assert all(s.config["cleanup.policy"] == "delete" for s in specs.values())
 
 

@@ -203,3 +203,37 @@ def test_the_replay_holds_touchpoints_to_the_input_limits(tmp_path: Path) -> Non
     assert ":1: skipped: customer_id: must not contain control characters" in run.stderr
     assert ":2: skipped: attributes.topic:" in run.stderr
     assert "PERCORSO_MAX_CORRELATION_VALUE_BYTES" in run.stderr
+
+
+def test_simulate_into_a_reader_that_stops_early_ends_quietly(tmp_path: Path) -> None:
+    """`percorso simulate ... | head`: no traceback when the reader goes away. The output is
+    far larger than a pipe's buffer, so the writer is still writing when the reader closes."""
+    from percorso.records import iso
+    from percorso.synthetic import SyntheticTraffic
+
+    events = tmp_path / "events.jsonl"
+    with events.open("w") as f:
+        for tp in SyntheticTraffic(200, seed=3).take(3000):
+            f.write(json.dumps(dict(tp, occurred_at=iso(tp["occurred_at"]))) + "\n")
+    repo = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "percorso.cli",
+            "simulate",
+            "--journeys",
+            "journeys/catalog",
+            "--events",
+            str(events),
+        ],
+        cwd=repo,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    first = proc.stdout.readline()
+    proc.stdout.close()  # like `head -1`
+    err = proc.stderr.read().decode()
+    assert proc.wait(60) == 141, err
+    assert first.startswith(b"{") and "Traceback" not in err

@@ -5,6 +5,9 @@ from __future__ import annotations
 import time
 
 from agents.app import partition_for
+from journeys.engine import Engine
+from journeys.loader import load_catalog
+from journeys.simulate import replay
 from percorso.synthetic import SyntheticTraffic
 from tests.agents.conftest import Cluster, Collect, action_topics, produce
 from tests.agents.oracle import (
@@ -28,7 +31,9 @@ def test_sigkill_mid_stream_loses_nothing(cluster: Cluster, collect: Collect) ->
     ).start()
     worker.wait_ready()
     start = now_ms()
-    events = SyntheticTraffic(300, seed=5, start_ms=start, rate=2000).take(6000)
+    # enough input that the kill falls mid-stream: the worker applies a few thousand
+    # touchpoints a second, faster than this test can watch its output
+    events = SyntheticTraffic(300, seed=5, start_ms=start, rate=4000).take(40000)
     produce(settings, events)
     col = collect(settings, [settings.topics.transitions, *action_topics(settings)])
     col.until(
@@ -37,7 +42,10 @@ def test_sigkill_mid_stream_loses_nothing(cluster: Cluster, collect: Collect) ->
         "the worker to be mid-stream",
     )
     worker.kill()
-    assert len(col.records[settings.topics.transitions]) < 2000, "killed too late to matter"
+    killed_at = len(col.records[settings.topics.transitions])
+    engine = Engine(load_catalog(settings.journeys_dir, time_scale=scale))
+    total = sum(len(step.transitions) for step in replay(engine, [dict(e) for e in events]))
+    assert killed_at < total / 2, f"killed too late to matter: {killed_at} of {total} transitions"
     worker.start()
     worker.wait_ready()
 

@@ -113,6 +113,34 @@ class _Candidate:
     attributes: Mapping[str, str]
 
 
+def transition_record(
+    customer_id: str,
+    journey_key: str,
+    js: JourneyState,
+    to_stage: str,
+    at: int,
+    cause: str,
+    reason: str,
+    score: float | None = None,
+) -> dict[str, Any]:
+    """The StageTransition record of a move of ``js`` to ``to_stage`` (before ``js`` moves)."""
+    previous = js["stage"]
+    return {
+        "customer_id": customer_id,
+        "journey_id": journey_key,
+        "from_stage": previous,
+        "to_stage": to_stage,
+        "at": at,
+        "cause": cause,
+        "reason": reason,
+        "time_in_stage_ms": at - js["stage_since"] if previous is not None else None,
+        "instance": js["instance"],
+        "score": score,
+        "touchpoints": js["touchpoints"],
+        "channel_switches": js["channel_switches"],
+    }
+
+
 @lru_cache(maxsize=1024)
 def _zone(name: str) -> ZoneInfo | None:
     try:
@@ -648,22 +676,10 @@ class Engine:
         reason: str,
         score: float | None = None,
     ) -> None:
-        previous = js["stage"]
         step.transitions.append(
-            {
-                "customer_id": step.state["customer_id"],
-                "journey_id": journey.id,
-                "from_stage": previous,
-                "to_stage": to_stage,
-                "at": at,
-                "cause": cause,
-                "reason": reason,
-                "time_in_stage_ms": at - js["stage_since"] if previous is not None else None,
-                "instance": js["instance"],
-                "score": score,
-                "touchpoints": js["touchpoints"],
-                "channel_switches": js["channel_switches"],
-            }
+            transition_record(
+                step.state["customer_id"], journey.id, js, to_stage, at, cause, reason, score
+            )
         )
         js["stage"] = to_stage
         js["stage_since"] = at

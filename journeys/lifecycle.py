@@ -51,6 +51,7 @@ from journeys.engine import (
     _render,
     assign_variant,
     journey_score,
+    transition_record,
 )
 from journeys.model import Catalog, Journey, Migration, split_state_key, state_key
 from journeys.state import CustomerState, JourneyState, WindowState
@@ -383,7 +384,9 @@ class LifecycleEngine(Engine):
     ) -> int:
         slot, value = _split_instance(key)
         journey = self._by_id.get(slot)
-        record = self._transition(state, key, js, EXITED_STAGE, at, f"{key}/{reason}", reason)
+        record = transition_record(
+            state["customer_id"], key, js, EXITED_STAGE, at, f"{key}/{reason}", reason
+        )
         if journey is not None:
             record["score"] = journey_score(journey, js, completed=False)
             self._label(record, key)
@@ -427,8 +430,8 @@ class LifecycleEngine(Engine):
         new: JourneyState = {**old, "stage": stages[old["stage"] or ""], "windows": kept}
         new["stage_since"] = at
         cancelled = len(old["windows"]) - len(kept)
-        record = self._transition(
-            state, key, old, new["stage"] or "", at, f"{key}/migrate", MIGRATED
+        record = transition_record(
+            state["customer_id"], key, old, new["stage"] or "", at, f"{key}/migrate", MIGRATED
         )
         slot = _split_instance(key)[0]
         suffix = key[len(slot) :]  # the instance key, if any, stays
@@ -444,32 +447,6 @@ class LifecycleEngine(Engine):
             if p["journey_id"] == key:
                 p["journey_id"] = target.id + suffix
         return cancelled
-
-    @staticmethod
-    def _transition(
-        state: CustomerState,
-        key: str,
-        js: JourneyState,
-        to_stage: str,
-        at: int,
-        cause: str,
-        reason: str,
-    ) -> dict[str, Any]:
-        previous = js["stage"]
-        return {
-            "customer_id": state["customer_id"],
-            "journey_id": key,
-            "from_stage": previous,
-            "to_stage": to_stage,
-            "at": at,
-            "cause": cause,
-            "reason": reason,
-            "time_in_stage_ms": at - js["stage_since"] if previous is not None else None,
-            "instance": js["instance"],
-            "score": None,
-            "touchpoints": js["touchpoints"],
-            "channel_switches": js["channel_switches"],
-        }
 
     # -- conversions ------------------------------------------------------------------------
 

@@ -245,7 +245,9 @@ class _Source:
             return None
         try:
             value = _scalar(node)
-        except (yaml.YAMLError, ValueError, OverflowError) as exc:
+        # AttributeError/TypeError: PyYAML's constructors for explicit tags raise them on a
+        # value that does not fit the tag (``!!timestamp null``)
+        except (yaml.YAMLError, ValueError, OverflowError, AttributeError, TypeError) as exc:
             reason = _one_line(str(getattr(exc, "problem", None) or exc))
             self.problem(path, f"cannot read {node.value[:40]!r} as {node.tag}: {reason}")
             return None

@@ -394,6 +394,11 @@ HOSTILE: list[tuple[str, str | bytes, str]] = [
         "4: name: cannot read 'abc' as tag:yaml.org,2002:int",
     ),
     (
+        "explicit timestamp tag on a value that is not one (found by the fuzz test)",
+        VALID.replace("id: cart\n", "id: cart\nname: !!timestamp null\n"),
+        "4: name: cannot read 'null' as tag:yaml.org,2002:timestamp",
+    ),
+    (
         "unknown tag",
         VALID.replace("id: cart\n", "id: cart\nname: !!python/name:os.system x\n"),
         "4: name: cannot read 'x' as tag:yaml.org,2002:python/name:os.system: could not "

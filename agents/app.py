@@ -113,6 +113,7 @@ class Runtime:
         self.parts: dict[int, PartitionProcessor] = {}
         self.checkpoint = Checkpoint(self.output, self._commit, self.changelog_name)
         self._checkpointed_at = time.monotonic()
+        self._checkpointing: asyncio.Future[None] | None = None  # the checkpoint under way
         self._fired_at = 0.0
         self.latest_event_ms = 0
         self.app.topics.add(self.source)
@@ -194,6 +195,10 @@ class Runtime:
 
     async def on_batches(self, batches: dict[Any, list[Any]]) -> None:
         """Apply fetched batches, a partition at a time, with no await until all are applied."""
+        if self._checkpointing is not None and (
+            self._checkpointing.done() or not self.output.ordered
+        ):
+            await self._settle()  # its failure stops the worker; or the queue must empty
         started = time.perf_counter()
         now = now_ms()
         tally = Tally()
@@ -213,19 +218,23 @@ class Runtime:
             self.metrics.last_event.set(self.latest_event_ms / 1000)
         dirty = sum(part.store.dirty for part in self.parts.values())
         if dirty >= self.options.checkpoint_max_dirty:
-            await self._checkpoint()
+            await self._settle()  # a checkpoint that cannot keep up holds the records back
+            self._start_checkpoint()
 
     async def on_idle(self) -> None:
-        """Between fetches: the checkpoint when its interval is up, and due wake-ups."""
+        """Between fetches: a checkpoint when its interval is up, and due wake-ups."""
         clock = time.monotonic()
+        if self._checkpointing is not None and self._checkpointing.done():
+            await self._settle()
         if clock - self._checkpointed_at >= self.options.checkpoint_interval_s:
-            await self._checkpoint()
+            self._start_checkpoint()
         if clock - self._fired_at >= self.options.tick_interval_s and self._may_fire():
             self._fired_at = clock
             await self.fire_due(now_ms())
 
     async def before_wait_empty(self) -> None:
         """A rebalance or a shutdown: make everything applied durable first."""
+        await self._settle()
         await self._checkpoint()
 
     def _part(self, partition: int) -> PartitionProcessor:
@@ -247,6 +256,22 @@ class Runtime:
 
     def _produce(self, out: Outgoing, partition: int | None) -> None:
         self.output.produce(out.topic, out.key, out.value, out.headers or None, partition)
+
+    def _start_checkpoint(self) -> None:
+        """Run a checkpoint beside the partition loop (none if one is under way): it seals
+        the partitions' transactions when it starts, and records go on being applied to new
+        ones while it awaits deliveries and the commit (``agents.checkpoint``)."""
+        if self._checkpointing is None:
+            self._checkpointed_at = time.monotonic()
+            self._checkpointing = asyncio.ensure_future(self._checkpoint())
+
+    async def _settle(self) -> None:
+        """Wait for the checkpoint under way, if any; its failure is raised here, in the
+        partition loop, which stops the worker (the records are processed again on
+        restart)."""
+        task, self._checkpointing = self._checkpointing, None
+        if task is not None:
+            await task
 
     async def _checkpoint(self) -> None:
         started = time.perf_counter()
@@ -473,6 +498,7 @@ class Runtime:
         """Faust revoked partitions (after ``before_wait_empty`` checkpointed them): their
         transactions are dropped, and a later owner commits them."""
         revoked = args[0] if args else kwargs.get("revoked", ())
+        await self._settle()
         if any(part.store.dirty for part in self.parts.values()):
             await self._checkpoint()  # applied after the checkpoint of the rebalance
         gone = {tp.partition for tp in revoked}

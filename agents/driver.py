@@ -7,9 +7,10 @@ milliseconds, without a broker.
 What stands in for Kafka here is deliberately simple and strict:
 
 - ``Log``: topics as lists of records per partition; offsets are list indexes.
-- ``LogProducer``: records are *in flight* until ``flush`` delivers them, in order, to the log;
-  ``crash()`` loses whatever is still in flight. ``fail_at`` makes the n-th call of a kind
-  (``produce`` or ``flush``) raise, for failure injection.
+- ``LogProducer``: records are *in flight* until a wait for a delivery barrier (``delivered``)
+  or ``flush`` delivers them, in order, to the log; ``crash()`` loses whatever is still in
+  flight. ``fail_at`` makes the n-th call of a kind (``produce`` or ``deliver``: a wait for a
+  barrier) raise, for failure injection.
 - Committed offsets are a dict; ``fail_commit`` makes a commit raise.
 - A restart reopens the partitions' RocksDB folders and, like faust's table recovery, applies
   the changelog records after the offset each database says it reflects.
@@ -20,6 +21,8 @@ it too; the runtime never imports it.
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import shutil
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -93,9 +96,11 @@ class LogProducer:
         self.log = log
         self.partitions = partitions
         self.in_flight: list[tuple[Any, ...]] = []
+        self.produced = 0  # records produced, in all: a barrier is a count of them
         self.calls: Counter[str] = Counter()
         self.fail_at: dict[str, int] = {}  # kind -> the call number that raises
-        self.deliver_before_failing = 0  # a failing flush first delivers this many records
+        self.deliver_before_failing = 0  # a failing wait first delivers this many records
+        self.latency = 0  # event-loop turns a wait for a barrier takes (records go on meanwhile)
 
     def _maybe_fail(self, kind: str) -> None:
         self.calls[kind] += 1
@@ -115,13 +120,25 @@ class LogProducer:
         if partition is None:
             partition = partition_for(key.decode(), self.partitions) if key else 0
         self.in_flight.append((topic, partition, key, value, headers, on_delivery))
+        self.produced += 1
+
+    def barrier(self) -> int:
+        return self.produced
+
+    async def delivered(self, barrier: int) -> None:
+        """Deliver the records produced before ``barrier`` (those in flight are in order, so
+        they are the first ones); not those produced after it."""
+        for _ in range(self.latency):
+            await asyncio.sleep(0)
+        before = len(self.in_flight) - (self.produced - barrier)
+        try:
+            self._maybe_fail("deliver")
+        except InjectedFailure:
+            self._deliver(min(before, self.deliver_before_failing))
+            raise DeliveryFailed("injected") from None
+        self._deliver(before)
 
     async def flush(self) -> None:
-        try:
-            self._maybe_fail("flush")
-        except InjectedFailure:
-            self._deliver(self.deliver_before_failing)
-            raise DeliveryFailed("injected") from None
         self._deliver(len(self.in_flight))
 
     def _deliver(self, count: int) -> None:
@@ -302,6 +319,36 @@ class Driver:
             if not applied and all(self.caught_up(p) for p in self.parts):
                 return
 
+    async def run_overlapped(
+        self, now: int, max_records: int = 100, rounds: int | None = None
+    ) -> int:
+        """Like ``run``, but the way the worker does it: each checkpoint runs as a task while
+        rounds of poll and fire go on, one round per event-loop turn (set
+        ``producer.latency`` so that its waits take a few turns), until everything is applied
+        and durable, or for ``rounds`` rounds (then waiting for the checkpoint under way).
+        Returns how many records were applied while a checkpoint was under way. A
+        checkpoint's failure is raised."""
+        overlapped = 0
+        task: asyncio.Future[None] | None = None
+        for _ in itertools.count() if rounds is None else range(rounds):
+            applied = self.poll(now, max_records)
+            self.fire(now)
+            if task is not None:
+                overlapped += applied
+                if task.done():
+                    await task
+                    task = None
+            if task is None:
+                done = not applied and all(self.caught_up(p) for p in self.parts)
+                dirty = any(part.store.dirty for part in self.parts.values())
+                if done and not dirty and not self.producer.in_flight:
+                    return overlapped
+                task = asyncio.ensure_future(self.checkpoint_now())
+            await asyncio.sleep(0)
+        if task is not None:
+            await task
+        return overlapped
+
     # -- what came out ----------------------------------------------------------------------
 
     def states(self) -> dict[str, Any]:
@@ -309,7 +356,9 @@ class Driver:
         out: dict[str, Any] = {}
         for part in self.parts.values():
             keys = [k for k in part.store.db.keys(from_key=b"c:") if k.startswith(b"c:")]
-            keys += [k for k in part.store.customers if k not in keys]
+            pending = [layer.customers for layer in part.store.sealed] + [part.store.customers]
+            for customers in pending:
+                keys += [k for k in customers if k not in keys]
             for key in keys:
                 customer = part.store.customer(key)
                 if customer is not None:

@@ -11,7 +11,7 @@ the state that records them, and commits the offsets this object reports in ``of
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
 from aiokafka.partitioner import murmur2
@@ -78,6 +78,7 @@ class PartitionProcessor:
         self.repartition_topic = repartition_topic
         self.partitions = partitions
         self.offsets: dict[str, int] = {}  # topic -> next offset to commit (all before: applied)
+        self.sealed_offsets: dict[str, int] = {}  # ``offsets`` when the store was last sealed
         self.watermark: int | None = None  # latest event time applied
         self.latest_event_ms = 0
         self.state_too_large = 0  # customer values not written for their size
@@ -206,7 +207,14 @@ class PartitionProcessor:
 
     # -- the checkpoint ---------------------------------------------------------------------
 
-    def changes(self) -> list[tuple[bytes, bytes | None]]:
+    def seal(self) -> None:
+        """Start a checkpoint: the store's live transaction is sealed, with the offsets of the
+        records it holds (the checkpoint commits those); the records that follow go to a new
+        one."""
+        self.store.seal()
+        self.sealed_offsets = dict(self.offsets)
+
+    def changes(self, layers: int) -> Iterator[tuple[bytes, bytes | None]]:
         """What the checkpoint writes for this partition (``PartitionStore.changes``), less a
         customer whose stored value grew beyond ``max_state_bytes``: that value is not
         written, so the customer keeps its last stored value (this interval's changes to it
@@ -214,8 +222,7 @@ class PartitionProcessor:
         fit), so the changelog record always fits in a Kafka record. The bounded state
         (journeys/state.py) and input limits keep every customer far below it."""
         limit = self.processor.limits.max_state_bytes
-        batch: list[tuple[bytes, bytes | None]] = []
-        for key, value in self.store.changes():
+        for key, value in self.store.changes(layers):
             if value is not None and len(value) > limit and key.startswith(b"c:"):
                 log.error(
                     "%s: customer %s: a stored value of %s bytes, more than %s: not written",
@@ -238,8 +245,7 @@ class PartitionProcessor:
                 )
                 self.state_too_large += 1
                 continue
-            batch.append((key, value))
-        return batch
+            yield key, value
 
     # -- wake-ups ---------------------------------------------------------------------------
 

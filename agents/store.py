@@ -2,22 +2,30 @@
 
 Between two checkpoints, the customers a partition's records change stay decoded in memory
 (``customers``) and every other key written (deadline-index entries, removals) is kept in
-``writes``; reads see those first, then the partition's RocksDB. A checkpoint
-(``agents.checkpoint``) asks for ``changes()``: each dirty key once, the customers encoded
-once, in an order that is safe to cut anywhere (new index entries, then states, then
-removals); it produces them to the changelog and, once they are delivered, ``write()``s them to
-RocksDB in one ``WriteBatch`` together with the changelog offset they reach. So a customer is
-decoded and encoded once per checkpoint, however many of its records the interval held, and the
-local store always equals a prefix of the changelog.
+``writes``: the *live* transaction. A checkpoint (``agents.checkpoint``) first ``seal()``s it:
+the live transaction becomes a sealed ``Layer`` and a fresh one takes the records that follow,
+so records keep being applied while the sealed layers are made durable. It asks for
+``changes()``: each key of the sealed layers once per layer, the customers encoded once, in an
+order that is safe to cut anywhere (new index entries, then states, then removals); it produces
+them to the changelog and, once they are delivered, ``write()``s them to RocksDB in one
+``WriteBatch`` together with the changelog offset they reach, and drops the layers. A
+checkpoint that fails leaves its layers sealed, and the next one writes them (oldest first)
+before its own. So a customer is decoded and encoded once per checkpoint, however many of its
+records the interval held, and the local store always equals a prefix of the changelog.
+
+Reads see the live transaction, then the sealed layers (newest first), then RocksDB. A customer
+read from a sealed layer is a copy (encoded, and decoded again), since the engine changes the
+state it is given in place and the sealed value is what the checkpoint writes.
 
 The memory this takes is bounded by the number of keys changed in an interval: the partition
-loop checkpoints when ``dirty`` reaches its limit, whatever the time.
+loop checkpoints when ``dirty`` reaches its limit, whatever the time, and waits for a checkpoint
+still under way before it goes on.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 from rocksdict import WriteBatch
 
@@ -30,18 +38,44 @@ PERSISTED_OFFSET_KEY = b"__faust\0offset__"
 (``faust.stores.rocksdb.Store.offset_key``): table recovery reads the changelog after it."""
 
 
+class Layer:
+    """A sealed transaction: what a partition changed in one checkpoint interval."""
+
+    __slots__ = ("customers", "index_adds", "writes")
+
+    def __init__(
+        self,
+        customers: dict[bytes, Customer | bytes],
+        index_adds: dict[bytes, None],
+        writes: dict[bytes, bytes | None],
+    ) -> None:
+        self.customers = customers  # decoded, or encoded once a read or the checkpoint did
+        self.index_adds = index_adds
+        self.writes = writes
+
+    def __len__(self) -> int:
+        return len(self.customers) + len(self.index_adds) + len(self.writes)
+
+
+_ABSENT = object()
+
+
 class PartitionStore:
     def __init__(self, partition: int, db: Any, load: Callable[[bytes], Customer]) -> None:
         self.partition = partition
         self.db = db  # the partition's RocksDB (rocksdict.Rdict, raw mode)
         self._load = load
-        self.customers: dict[bytes, Customer] = {}  # changed since the last checkpoint
+        # the live transaction: changed since the last seal
+        self.customers: dict[bytes, Customer] = {}
         self.index_adds: dict[bytes, None] = {}
         self.writes: dict[bytes, bytes | None] = {}  # other keys: None removes
+        self.sealed: list[Layer] = []  # sealed, not yet written to RocksDB; oldest first
 
     @property
     def dirty(self) -> int:
-        return len(self.customers) + len(self.index_adds) + len(self.writes)
+        """Keys changed and not yet written to RocksDB (live and sealed)."""
+        live = len(self.customers) + len(self.index_adds) + len(self.writes)
+        return live + sum(len(layer) for layer in self.sealed) if self.sealed else live
 
     # -- reads ------------------------------------------------------------------------------
 
@@ -51,30 +85,54 @@ class PartitionStore:
         customer = self.customers.get(key)
         if customer is not None:
             return customer
-        raw = self.writes[key] if key in self.writes else self.db.get(key)
+        if key in self.writes:
+            raw = self.writes[key]
+            return None if raw is None else self._load(raw)
+        for layer in reversed(self.sealed):
+            found = layer.customers.get(key)
+            if found is not None:
+                if not isinstance(found, bytes):  # a copy: the sealed one is not changed
+                    found = layer.customers[key] = stored_codec.encode(found)
+                return self._load(found)
+            if key in layer.writes:
+                raw = layer.writes[key]
+                return None if raw is None else self._load(raw)
+        raw = self.db.get(key)
         return None if raw is None else self._load(raw)
 
-    def raw(self, key: bytes) -> bytes | None:
-        customer = self.customers.get(key)
-        if customer is not None:
-            return stored_codec.encode(customer)
+    def _indexed(self, key: bytes) -> bool:
+        """Whether a deadline-index entry present in an older layer or in RocksDB is still
+        there: not removed by a newer layer."""
         if key in self.writes:
-            return self.writes[key]
-        return self.db.get(key)
+            return self.writes[key] is not None
+        for layer in reversed(self.sealed):
+            if key in layer.index_adds:
+                return True
+            if key in layer.writes:
+                return layer.writes[key] is not None
+        return True
 
     def due(self, until: int, limit: int | None = None) -> list[bytes]:
         """Deadline-index keys due at or before ``until`` (the first ``limit``): a range scan
-        of RocksDB plus the entries of this interval, less those removed in it."""
+        of RocksDB plus the entries of the transactions not yet written, less those removed
+        since."""
         low, high = index_range(self.partition, until)
         keys: list[bytes] = []
+        sealed = self.sealed
+        writes = self.writes
         for key in self.db.keys(from_key=low):
             if key >= high or len(keys) == limit:
                 break
-            if self.writes.get(key, b"") is not None:  # not removed in this interval
+            if sealed:
+                if self._indexed(key):
+                    keys.append(key)
+            elif writes.get(key, b"") is not None:  # not removed in this interval
                 keys.append(key)
-        if self.index_adds:
-            keys.extend(k for k in self.index_adds if low <= k < high)
-            keys.sort()
+        added = [k for k in self.index_adds if low <= k < high]
+        for layer in sealed:
+            added += [k for k in layer.index_adds if low <= k < high and self._indexed(k)]
+        if added:
+            keys = sorted(set(keys).union(added)) if sealed else sorted(keys + added)
             if limit is not None:
                 del keys[limit:]
         return keys
@@ -95,24 +153,46 @@ class PartitionStore:
         self.writes[key] = None
 
     def forget(self, key: bytes) -> None:
-        """Drop what this interval changed of ``key``: the next read sees RocksDB's value."""
+        """Drop what the live transaction changed of ``key``: the next read sees the value of
+        the last checkpoint (sealed or written)."""
         self.customers.pop(key, None)
 
     # -- the checkpoint ---------------------------------------------------------------------
 
-    def changes(self) -> Iterator[tuple[bytes, bytes | None]]:
-        """Every key changed in this interval once, in a safe order: index entries first (an
-        entry without its state is a no-op wake-up), then the customers, then removals (a
-        fired entry disappears only after the state it woke up)."""
-        for key in self.index_adds:
-            yield key, b""
-        for key, customer in self.customers.items():
-            yield key, stored_codec.encode(customer)
-        yield from self.writes.items()
+    def seal(self) -> None:
+        """Close the live transaction for a checkpoint; a fresh one takes what follows."""
+        if self.customers or self.index_adds or self.writes:
+            self.sealed.append(
+                Layer(
+                    cast(dict[bytes, Customer | bytes], self.customers),
+                    self.index_adds,
+                    self.writes,
+                )
+            )
+            self.customers = {}
+            self.index_adds = {}
+            self.writes = {}
 
-    def write(self, changes: list[tuple[bytes, bytes | None]], offset: int | None) -> None:
-        """Apply ``changes`` (as produced to the changelog) to RocksDB in one batch with the
-        changelog ``offset`` they reach, and start a new interval."""
+    def changes(self, layers: int) -> Iterator[tuple[bytes, bytes | None]]:
+        """Every key of the first ``layers`` sealed layers once per layer (oldest first), in a
+        safe order: index
+        entries first (an entry without its state is a no-op wake-up), then the customers, then
+        removals (a fired entry disappears only after the state it woke up). Values that a
+        read encoded already are not encoded again."""
+        encode = stored_codec.encode
+        for layer in self.sealed[:layers]:
+            for key in list(layer.index_adds):
+                yield key, b""
+            for key, customer in list(layer.customers.items()):
+                yield key, customer if isinstance(customer, bytes) else encode(customer)
+            yield from list(layer.writes.items())
+
+    def write(
+        self, changes: list[tuple[bytes, bytes | None]], offset: int | None, layers: int
+    ) -> None:
+        """Apply ``changes`` (of the first ``layers`` sealed layers, as produced to the
+        changelog) to RocksDB in one batch with the changelog ``offset`` they reach, and drop
+        those layers."""
         batch = WriteBatch(raw_mode=True)
         for key, value in changes:
             if value is None:
@@ -122,9 +202,12 @@ class PartitionStore:
         if offset is not None:
             batch.put(PERSISTED_OFFSET_KEY, str(offset).encode())
         self.db.write(batch)
-        self.clear()
+        del self.sealed[:layers]
 
     def clear(self) -> None:
+        """Forget every transaction not yet written (the partition is no longer this
+        worker's)."""
         self.customers.clear()
         self.index_adds.clear()
         self.writes.clear()
+        self.sealed.clear()

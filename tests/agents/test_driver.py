@@ -117,7 +117,7 @@ def _crash_in_checkpoint(driver: Driver, inject: Any) -> None:
 
 def _fail_flush(number: int, deliver: int = 0) -> Any:
     def inject(driver: Driver) -> None:
-        driver.producer.fail_at["flush"] = driver.producer.calls["flush"] + number
+        driver.producer.fail_at["deliver"] = driver.producer.calls["deliver"] + number
         driver.producer.deliver_before_failing = deliver
 
     return inject
@@ -173,6 +173,82 @@ def test_a_crash_at_any_step_of_the_checkpoint_loses_nothing(tmp_path: Path, ste
     check(driver)
 
 
+def test_records_applied_while_a_checkpoint_is_under_way_equal_the_replay(
+    tmp_path: Path,
+) -> None:
+    """The worker's way: each checkpoint seals the transactions and runs beside the partition
+    loop, which applies records to fresh ones meanwhile."""
+    driver = Driver(CATALOG, tmp_path)
+    driver.producer.latency = 3
+    driver.send(EVENTS)
+    overlapped = run(driver.run_overlapped(END, max_records=5))
+    assert overlapped > len(EVENTS) // 4  # the checkpoints did run beside the records
+    assert driver.checkpoint.runs > 8
+    finish(driver)
+    check(driver)
+    emitted = [a["action_id"] for a in driver.actions()]
+    assert len(emitted) == len(set(emitted))
+
+
+@pytest.mark.parametrize("step", sorted(STEPS))
+def test_a_crash_at_any_step_of_a_checkpoint_under_way_loses_nothing(
+    tmp_path: Path, step: str
+) -> None:
+    """A failure injected into a checkpoint that runs beside the records, then a crash."""
+    driver = Driver(CATALOG, tmp_path)
+    driver.producer.latency = 3
+    driver.send(EVENTS)
+    assert run(driver.run_overlapped(END, max_records=5, rounds=30)) > 0
+    assert not all(driver.caught_up(p) for p in driver.parts)
+    STEPS[step](driver)
+    with pytest.raises((InjectedFailure, DeliveryFailed)):
+        run(driver.run_overlapped(END, max_records=5))
+    driver.crash()
+    finish(driver)
+    check(driver)
+
+
+def test_a_failed_checkpoint_under_way_is_written_by_the_next_one(tmp_path: Path) -> None:
+    """Without a crash: the sealed layers of a failed checkpoint stay, records go on into a
+    newer transaction, and the next checkpoint writes both, oldest first."""
+    driver = Driver(CATALOG, tmp_path)
+    driver.send(EVENTS[:800])
+    driver.poll(END, max_records=1000)
+    driver.fail_commit_at = driver.commits + 1
+    with pytest.raises(InjectedFailure):
+        run(driver.checkpoint_now())
+    assert driver.committed == {}
+    assert any(part.store.sealed for part in driver.parts.values())
+    driver.send(EVENTS[800:])
+    run(driver.run(END, max_records=50))
+    driver.fire(END)
+    run(driver.checkpoint_now())
+    assert not any(part.store.sealed for part in driver.parts.values())
+    check(driver)
+
+
+def test_a_customer_read_from_a_sealed_layer_is_a_copy(tmp_path: Path) -> None:
+    """The engine changes the state it is given in place: a read from a sealed layer must not
+    hand out the value the checkpoint is about to write."""
+    from agents import stored
+
+    driver = Driver(CATALOG, tmp_path, partitions=1)
+    customer = EVENTS[0]["customer_id"]
+    driver.send([e for e in EVENTS if e["customer_id"] == customer][:2])
+    driver.poll(END)
+    store = driver.parts[0].store
+    key = customer_key(customer)
+    store.seal()
+    (sealed,) = [v for k, v in store.changes(1) if k == key]
+    copy = store.customer(key)
+    assert copy is not None
+    copy.state["watermark"] = -1
+    store.put_customer(key, copy, None)
+    assert [v for k, v in store.changes(1) if k == key] == [sealed]
+    assert stored.decode(sealed).state["watermark"] > 0
+    assert store.customer(key) is copy
+
+
 def test_a_failed_step_leaves_the_transaction_for_the_next_checkpoint(tmp_path: Path) -> None:
     """Without a crash, the checkpoint after a failed one does the whole work again."""
     driver = Driver(CATALOG, tmp_path)
@@ -201,7 +277,7 @@ def test_a_window_is_woken_even_if_only_part_of_a_checkpoint_reached_the_changel
         driver = Driver(CATALOG, tmp_path / str(deliver))
         driver.send(cart)
         driver.poll(cart[0]["occurred_at"])
-        driver.producer.fail_at["flush"] = driver.producer.calls["flush"] + 2
+        driver.producer.fail_at["deliver"] = driver.producer.calls["deliver"] + 2
         driver.producer.deliver_before_failing = deliver
         with pytest.raises(DeliveryFailed):
             run(driver.checkpoint_now())

@@ -4,12 +4,12 @@ of ``percorso simulate --catalog-change``.
 A worker fires a window when the wall clock passes its deadline; ``simulate`` with a change at
 event time CHANGE fires what is due before CHANGE under the old catalog and the rest under the
 new one. For the two to agree, the run below is laid out on the wall clock, with the example
-cart journey's durations divided by ``SCALE`` (its one-hour reminder lasts a minute, version
-2's half hour thirty seconds, and nothing else comes due while the test runs):
+cart journey's durations divided by ``SCALE`` (its one-hour reminder lasts 50 s, version
+2's half hour 25 s, and nothing else comes due while the test runs):
 
 - every reminder armed before CHANGE is due either well before it (worker 1 fires it, under
-  version 1) or at least ``MARGIN_S`` seconds after the moment worker 1 has stopped (worker 2,
-  under version 2, fires it: migrated, re-armed with version 2's duration);
+  version 1) or tens of seconds after the moment worker 1 has stopped (worker 2 fires it under
+  version 2: migrated, re-armed with version 2's duration);
 - worker 1 (catalog v1) gets the touchpoints dated before CHANGE, fires what is due, and stops;
   worker 2 (catalog v2: version 1 draining, its waiting carts migrated) starts on the same state
   folder and group and gets the touchpoints dated from CHANGE on;
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,17 +42,115 @@ from tests.agents.conftest import (
 )
 from tests.agents.oracle import now_ms
 
-SCALE = 60.0  # v1's reminder: 1 h -> 60 s; v2's: 30 min -> 30 s; inactivity: 7 d -> 2.8 h
+SCALE = 72.0  # v1's reminder: 1 h -> 50 s; v2's: 30 min -> 25 s; inactivity: 7 d -> 2.3 h
 SECOND = 1000
-MARGIN_S = 20  # at least this long between worker 1's stop and the first deadline it must not fire
 EVOLVING = REPO / "examples" / "evolving"
 
 _MIGRATION_REASONS = frozenset({"migrated", "stopped", "version_removed"})
 
 
-def _tp(
-    event_id: str, customer: str, type_: str, at: int, **attributes: str
-) -> dict[str, Any]:
+def _reminder_ms(version: str) -> int:
+    catalog = load_catalog(EVOLVING / version, time_scale=SCALE)
+    newest = max(catalog.journeys, key=lambda j: j.version or 0)
+    (window,) = newest.windows
+    return window.within_ms
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """The run's event times, from ``t0`` (the wall clock when the first touchpoints are sent)
+    and the lengths of the reminder in version 1 (``w1``) and version 2 (``w2 < w1``)."""
+
+    t0: int
+    w1: int
+    w2: int
+
+    @property
+    def change(self) -> int:
+        return self.t0 + 5 * SECOND
+
+    @property
+    def early_cart(self) -> int:  # due under version 1 before the change: t0 - 10 s
+        return self.t0 - self.w1 - 10 * SECOND
+
+    @property
+    def late_cart(self) -> int:  # v2's deadline (t0 + 3 s) before the change, v1's after it
+        return self.t0 + 3 * SECOND - self.w2
+
+    @property
+    def fresh_cart(self) -> int:  # both deadlines after the change: t0 + 10 s under v2
+        return self.t0 + 10 * SECOND - self.w2
+
+    @property
+    def first_left_to_worker_2(self) -> int:
+        """The earliest deadline of version 1 at or after the change: worker 1 must have
+        stopped by then (t0 + 3 s + w1 - w2)."""
+        return self.late_cart + self.w1
+
+    @property
+    def until(self) -> int:
+        """After every deadline of the run: the last is version 1's of the fresh carts, where
+        worker 2 wakes the customers left without a touchpoint (nothing else comes due for
+        hours: inactivity is 7 days, scaled)."""
+        return self.fresh_cart + self.w1 + 2 * SECOND
+
+    def touchpoints(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """(touchpoints dated before the change, touchpoints dated from it on). Four customers
+        per story (the holdout takes some of them)."""
+        s = SECOND
+        change = self.change
+        before: list[dict[str, Any]] = []
+        after: list[dict[str, Any]] = []
+        for n in range(4):
+            # abandoned under version 1, migrated by a page view after the change
+            c = f"early-{n}"
+            before.append(_tp(f"{c}-a", c, "cart_add", self.early_cart, cart_id="k1"))
+            after.append(_tp(f"{c}-v", c, "page_view", change + 1 * s))
+            # in checkout under version 1 (a stage not migrated): buys on version 1
+            c = f"checked-{n}"
+            before.append(_tp(f"{c}-a", c, "cart_add", self.early_cart, cart_id="k1"))
+            before.append(_tp(f"{c}-c", c, "checkout_started", self.early_cart + s, cart_id="k1"))
+            after.append(_tp(f"{c}-p", c, "purchase", change + 1 * s, cart_id="k1", amount="30"))
+            # bought under version 1; a new cart after the change enters version 2
+            c = f"bought-{n}"
+            before.append(_tp(f"{c}-a", c, "cart_add", self.early_cart, cart_id="k1"))
+            before.append(
+                _tp(f"{c}-p", c, "purchase", self.early_cart + 2 * s, cart_id="k1", amount="12")
+            )
+            after.append(_tp(f"{c}-a2", c, "cart_add", change + 1 * s, cart_id="k2"))
+            # waiting at the change, version 2's deadline already past: migrated at the next
+            # touchpoint, where the reminder fires at once (then some of them buy)
+            c = f"late-{n}"
+            before.append(_tp(f"{c}-a", c, "cart_add", self.late_cart, cart_id="k1"))
+            if n % 2:
+                after.append(_tp(f"{c}-p", c, "purchase", change + 2 * s, cart_id="k1", amount="5"))
+            else:
+                after.append(_tp(f"{c}-v", c, "page_view", change + 2 * s))
+            # waiting at the change, version 2's deadline after it: migrated by a page view,
+            # the reminder re-armed and fired by worker 2
+            c = f"fresh-{n}"
+            before.append(_tp(f"{c}-a", c, "cart_add", self.fresh_cart, cart_id="k1"))
+            after.append(_tp(f"{c}-v", c, "page_view", change + 1 * s))
+            # the same with no touchpoint after the change: migrated when worker 2 wakes the
+            # customer at version 1's deadline, where version 2's reminder fires at once
+            c = f"quiet-{n}"
+            before.append(_tp(f"{c}-a", c, "cart_add", self.fresh_cart, cart_id="k1"))
+            # two carts, one abandoned under version 1, one checked out after the change
+            c = f"two-{n}"
+            before.append(_tp(f"{c}-a", c, "cart_add", self.early_cart, cart_id="k1"))
+            before.append(_tp(f"{c}-b", c, "cart_add", self.fresh_cart, cart_id="k2"))
+            after.append(_tp(f"{c}-c", c, "checkout_started", change + 2 * s, cart_id="k2"))
+            # new customers after the change: version 2 only
+            c = f"new-{n}"
+            after.append(_tp(f"{c}-a", c, "cart_add", change + 1 * s, cart_id="k1"))
+            if n % 2:
+                after.append(_tp(f"{c}-p", c, "purchase", change + 2 * s, cart_id="k1", amount="7"))
+        before.sort(key=lambda e: e["occurred_at"])
+        after.sort(key=lambda e: e["occurred_at"])
+        return before, after
+
+
+def _tp(event_id: str, customer: str, type_: str, at: int, **attributes: str) -> dict[str, Any]:
     return {
         "event_id": event_id,
         "customer_id": customer,
@@ -61,60 +160,6 @@ def _tp(
         "attributes": attributes,
         "source": "test",
     }
-
-
-def _timeline(t0: int, change: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(touchpoints dated before ``change``, touchpoints dated from it on); ``t0``: the wall
-    clock when the first ones are sent. Four customers per story (the holdout takes some)."""
-    s = SECOND
-    before: list[dict[str, Any]] = []
-    after: list[dict[str, Any]] = []
-    for n in range(4):
-        # abandoned under version 1 (due at t0 - 15 s), migrated by a later page view
-        c = f"early-{n}"
-        before.append(_tp(f"{c}-a", c, "cart_add", t0 - 75 * s, cart_id="k1"))
-        after.append(_tp(f"{c}-v", c, "page_view", change + 1 * s))
-        # in checkout under version 1 (not migrated): buys after the change, on version 1
-        c = f"checked-{n}"
-        before.append(_tp(f"{c}-a", c, "cart_add", t0 - 75 * s, cart_id="k1"))
-        before.append(_tp(f"{c}-c", c, "checkout_started", t0 - 70 * s, cart_id="k1"))
-        after.append(_tp(f"{c}-p", c, "purchase", change + 1 * s, cart_id="k1", amount="30"))
-        # bought under version 1; a new cart after the change enters version 2
-        c = f"bought-{n}"
-        before.append(_tp(f"{c}-a", c, "cart_add", t0 - 75 * s, cart_id="k1"))
-        before.append(
-            _tp(f"{c}-p", c, "purchase", t0 - 60 * s, cart_id="k1", amount=str(10 + n))
-        )
-        after.append(_tp(f"{c}-a2", c, "cart_add", change + 1 * s, cart_id="k2"))
-        # carts waiting at the change whose version-2 deadline (t0 + 5 s) is already past:
-        # migrated at the next touchpoint, the reminder fires at once (v1's: t0 + 35 s)
-        c = f"late-{n}"
-        before.append(_tp(f"{c}-a", c, "cart_add", t0 - 25 * s, cart_id="k1"))
-        if n % 2:
-            after.append(_tp(f"{c}-p", c, "purchase", change + 2 * s, cart_id="k1", amount="5"))
-        else:
-            after.append(_tp(f"{c}-v", c, "page_view", change + 2 * s))
-        # carts waiting at the change whose version-2 deadline (t0 + 20 s) is after it
-        c = f"fresh-{n}"
-        before.append(_tp(f"{c}-a", c, "cart_add", t0 - 10 * s, cart_id="k1"))
-        after.append(_tp(f"{c}-v", c, "page_view", change + 1 * s))
-        # the same, with no touchpoint after the change: migrated when worker 2 wakes the
-        # customer at version 1's deadline (t0 + 50 s); the reminder fires then
-        c = f"quiet-{n}"
-        before.append(_tp(f"{c}-a", c, "cart_add", t0 - 10 * s, cart_id="k1"))
-        # two carts: one abandoned under version 1, one waiting, checked out after the change
-        c = f"two-{n}"
-        before.append(_tp(f"{c}-a", c, "cart_add", t0 - 75 * s, cart_id="k1"))
-        before.append(_tp(f"{c}-b", c, "cart_add", t0 - 10 * s, cart_id="k2"))
-        after.append(_tp(f"{c}-c", c, "checkout_started", change + 2 * s, cart_id="k2"))
-        # new customers after the change: version 2 only
-        c = f"new-{n}"
-        after.append(_tp(f"{c}-a", c, "cart_add", change + 1 * s, cart_id="k1"))
-        if n % 2:
-            after.append(_tp(f"{c}-p", c, "purchase", change + 2 * s, cart_id="k1", amount="7"))
-    before.sort(key=lambda e: e["occurred_at"])
-    after.sort(key=lambda e: e["occurred_at"])
-    return before, after
 
 
 def _moved(t: dict[str, Any]) -> tuple[Any, ...]:
@@ -193,15 +238,15 @@ def test_a_rolling_restart_with_a_new_catalog_through_the_broker_equals_simulate
             settings,
             [*action_topics(settings), settings.topics.transitions, settings.topics.conversions],
         )
-        t0 = now_ms()
-        change = t0 + 8 * SECOND
-        first_left_to_worker_2 = t0 + 35 * SECOND  # v1's deadline of the "late" carts
-        until = t0 + 52 * SECOND  # after every deadline of the run (the last: t0 + 50 s)
-        before, after = _timeline(t0, change)
+        run = Timeline(now_ms(), _reminder_ms("v1"), _reminder_ms("v2"))
+        t0, change, until = run.t0, run.change, run.until
+        # worker 1 stops a few seconds after t0: this leaves it tens of seconds to spare
+        assert run.first_left_to_worker_2 - t0 >= 25 * SECOND
+        before, after = run.touchpoints()
         events = before + after
-        assert max(e["occurred_at"] for e in before) < change <= min(
-            e["occurred_at"] for e in after
-        )
+        assert max(e["occurred_at"] for e in before) <= t0  # none ahead of the clock
+        assert max(e["occurred_at"] for e in before) < change
+        assert min(e["occurred_at"] for e in after) >= change
 
         want_1 = _replay(before, change - 1, None)  # what worker 1 must have sent
         want = _replay(events, until, change)
@@ -226,9 +271,9 @@ def test_a_rolling_restart_with_a_new_catalog_through_the_broker_equals_simulate
         )
         worker.stop()
         stopped_at = now_ms()
-        assert stopped_at < first_left_to_worker_2 - MARGIN_S * SECOND, (
-            f"worker 1 stopped {(stopped_at - t0) / 1000:.1f} s after the touchpoints were "
-            f"sent: too late for this test's timeline (its margin is {MARGIN_S} s)"
+        assert stopped_at < run.first_left_to_worker_2, (
+            f"worker 1 stopped {(stopped_at - t0) / 1000:.1f} s after t0, later than version "
+            f"1's first deadline left to worker 2 ({(run.first_left_to_worker_2 - t0) / 1000} s)"
         )
         col.poll(1)
         got_1 = _Got(col)  # worker 1 fired what was due before the change, and nothing else

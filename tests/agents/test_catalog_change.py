@@ -220,7 +220,9 @@ def _sleep_until(t: int) -> None:
         time.sleep(min(left, 500) / 1000)
 
 
+@pytest.mark.parametrize("restart", ["stop", "sigkill"])
 def test_a_rolling_restart_with_a_new_catalog_through_the_broker_equals_simulate(
+    restart: str,
     broker: Broker,
     settings_factory: Any,
     collect: Collect,
@@ -229,7 +231,9 @@ def test_a_rolling_restart_with_a_new_catalog_through_the_broker_equals_simulate
 ) -> None:
     """Worker 1 runs version 1 of the example cart journey, worker 2 (same state folder, same
     group) version 2 with version 1 draining and its waiting carts migrated: together they send
-    the actions, conversions and transitions of ``simulate --catalog-change CHANGE=v2``."""
+    the actions, conversions and transitions of ``simulate --catalog-change CHANGE=v2``.
+    Worker 1 is stopped (SIGTERM), or SIGKILLed once a whole checkpoint has passed after its
+    last record was seen (so that worker 2 has nothing of worker 1 to do again)."""
     settings: Settings = settings_factory(journeys_dir=EVOLVING / "v1")
     with workers_on(broker, settings, tmp_path, request) as cluster:
         worker = cluster.worker("w1", PERCORSO_TIME_SCALE=str(SCALE)).start()
@@ -269,7 +273,15 @@ def test_a_rolling_restart_with_a_new_catalog_through_the_broker_equals_simulate
             f"worker 1: {len(want_1.actions)} actions, {sum(want_1.transitions.values())} "
             f"transitions, {sum(want_1.conversions.values())} conversions",
         )
-        worker.stop()
+        if restart == "sigkill":
+            checkpoints = worker.metric("percorso_checkpoint_seconds_count")
+            deadline = time.monotonic() + 20
+            while worker.metric("percorso_checkpoint_seconds_count") < checkpoints + 2:
+                assert time.monotonic() < deadline, "worker 1 made no checkpoint in 20 s"
+                time.sleep(0.2)
+            worker.kill()
+        else:
+            worker.stop()
         stopped_at = now_ms()
         assert stopped_at < run.first_left_to_worker_2, (
             f"worker 1 stopped {(stopped_at - t0) / 1000:.1f} s after t0, later than version "

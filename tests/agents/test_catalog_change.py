@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -224,7 +225,7 @@ def _sleep_until(t: int) -> None:
 def test_a_rolling_restart_with_a_new_catalog_through_the_broker_equals_simulate(
     restart: str,
     broker: Broker,
-    settings_factory: Any,
+    settings_factory: Callable[..., Settings],
     collect: Collect,
     tmp_path: Path,
     request: pytest.FixtureRequest,
@@ -234,7 +235,7 @@ def test_a_rolling_restart_with_a_new_catalog_through_the_broker_equals_simulate
     the actions, conversions and transitions of ``simulate --catalog-change CHANGE=v2``.
     Worker 1 is stopped (SIGTERM), or SIGKILLed once a whole checkpoint has passed after its
     last record was seen (so that worker 2 has nothing of worker 1 to do again)."""
-    settings: Settings = settings_factory(journeys_dir=EVOLVING / "v1")
+    settings = settings_factory(journeys_dir=EVOLVING / "v1")
     with workers_on(broker, settings, tmp_path, request) as cluster:
         worker = cluster.worker("w1", PERCORSO_TIME_SCALE=str(SCALE)).start()
         worker.wait_ready()

@@ -34,6 +34,7 @@ def worker_env(settings: Settings, broker_profile: str, **extra: str) -> dict[st
         "PERCORSO_TOPIC_ACTIONS_PREFIX": t.actions_prefix,
         "PERCORSO_TOPIC_TRANSITIONS": t.transitions,
         "PERCORSO_TOPIC_DLQ": t.dlq,
+        "PERCORSO_TOPIC_CONVERSIONS": t.conversions,
         "PERCORSO_TICK_INTERVAL": str(settings.tick_interval_s),
         "PERCORSO_WINDOW_GRACE_MS": str(settings.window_grace_ms),
         "PERCORSO_TIME_SCALE": str(settings.time_scale),

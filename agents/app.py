@@ -194,11 +194,8 @@ class Runtime:
     # -- the partition loop (agents.patches.BatchHandler) ------------------------------------
 
     async def on_batches(self, batches: dict[Any, list[Any]]) -> None:
-        """Apply fetched batches, a partition at a time, with no await until all are applied."""
-        if self._checkpointing is not None and (
-            self._checkpointing.done() or not self.output.ordered
-        ):
-            await self._settle()  # its failure stops the worker; or the queue must empty
+        """Apply fetched batches, a partition at a time, with no await until all are applied
+        (the consumer loop checked that no seek happened since they were fetched)."""
         started = time.perf_counter()
         now = now_ms()
         tally = Tally()
@@ -220,6 +217,10 @@ class Runtime:
         if dirty >= self.options.checkpoint_max_dirty:
             await self._settle()  # a checkpoint that cannot keep up holds the records back
             self._start_checkpoint()
+        elif self._checkpointing is not None and (
+            self._checkpointing.done() or not self.output.ordered
+        ):
+            await self._settle()  # its failure stops the worker; or the queue must empty
 
     async def on_idle(self) -> None:
         """Between fetches: a checkpoint when its interval is up, and due wake-ups."""

@@ -16,8 +16,8 @@ A checkpoint makes everything the partitions processed up to its start durable, 
 4. A second barrier: every changelog record is delivered; their offsets are known.
 5. The sealed offsets are committed: all records before them are applied, and everything they
    caused is durable.
-6. Each partition's RocksDB is written in one batch, with the changelog offset it now reflects,
-   and its sealed layers are dropped.
+6. Each partition's RocksDB is written in one batch, with the changelog offset it now reflects
+   (from a thread: records go on meanwhile), and its sealed layers are dropped.
 
 Why this order survives a crash anywhere: the state recorded in the changelog is never ahead of
 the outputs (step 2 before 3), so a record processed again either finds its effect in the
@@ -131,7 +131,7 @@ class Checkpoint:
             self.committed.update(offsets)
         # 6. the local stores, each in one batch with its changelog offset
         for part, layers, batch in changes:
-            part.store.write(batch, delivered.get(part.partition), layers)
+            await part.store.write(batch, delivered.get(part.partition), layers)
         self.runs += 1
 
     def forget(self, partitions: Iterable[int]) -> None:

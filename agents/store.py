@@ -24,6 +24,7 @@ still under way before it goes on.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterator
 from typing import Any, cast
 
@@ -33,6 +34,7 @@ from agents import stored as stored_codec
 from agents.processor import index_range
 from agents.stored import Customer
 
+WRITE_CHUNK = 2_000  # keys put in a WriteBatch between two yields to the event loop
 PERSISTED_OFFSET_KEY = b"__faust\0offset__"
 """Where faust's RocksDB store keeps the changelog offset a partition's database reflects
 (``faust.stores.rocksdb.Store.offset_key``): table recovery reads the changelog after it."""
@@ -187,21 +189,25 @@ class PartitionStore:
                 yield key, customer if isinstance(customer, bytes) else encode(customer)
             yield from list(layer.writes.items())
 
-    def write(
+    async def write(
         self, changes: list[tuple[bytes, bytes | None]], offset: int | None, layers: int
     ) -> None:
         """Apply ``changes`` (of the first ``layers`` sealed layers, as produced to the
         changelog) to RocksDB in one batch with the changelog ``offset`` they reach, and drop
-        those layers."""
+        those layers. The batch is built in chunks with the event loop free in between, and
+        written from a thread (RocksDB releases the GIL while it writes): records go on
+        meanwhile, reading the sealed layers until they are dropped."""
         batch = WriteBatch(raw_mode=True)
-        for key, value in changes:
+        for n, (key, value) in enumerate(changes, 1):
             if value is None:
                 batch.delete(key)
             else:
                 batch.put(key, value)
+            if n % WRITE_CHUNK == 0:
+                await asyncio.sleep(0)
         if offset is not None:
             batch.put(PERSISTED_OFFSET_KEY, str(offset).encode())
-        self.db.write(batch)
+        await asyncio.to_thread(self.db.write, batch)
         del self.sealed[:layers]
 
     def clear(self) -> None:

@@ -905,7 +905,10 @@ def main() -> int:
     except BaseException:
         log(f"failed; broker and worker logs kept in {scratch}")
         raise
-    shutil.rmtree(scratch, ignore_errors=True)
+    if os.environ.get("BENCH_KEEP"):
+        log(f"broker and worker logs kept in {scratch} (BENCH_KEEP)")
+    else:
+        shutil.rmtree(scratch, ignore_errors=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     partial = "" if set(wanted) == set(ALL_SCENARIOS) else "-" + "-".join(wanted)
     out = RESULTS / f"{datetime.now(UTC):%Y-%m-%d}{'-quick' if args.quick else ''}{partial}.json"

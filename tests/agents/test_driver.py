@@ -182,8 +182,10 @@ def test_records_applied_while_a_checkpoint_is_under_way_equal_the_replay(
     driver.producer.latency = 3
     driver.send(EVENTS)
     overlapped = run(driver.run_overlapped(END, max_records=5))
-    assert overlapped > len(EVENTS) // 4  # the checkpoints did run beside the records
-    assert driver.checkpoint.runs > 8
+    # each wait for a barrier takes 3 turns, each turn applies up to 4 x 5 records: the first
+    # checkpoint alone overlaps 120 records
+    assert overlapped >= 100
+    assert driver.checkpoint.runs >= 2
     finish(driver)
     check(driver)
     emitted = [a["action_id"] for a in driver.actions()]

@@ -40,15 +40,18 @@ ROUNDS = 3
 CHECKPOINT_RECORDS = 5_000  # a worker's checkpoint interval (1 s) at its ~5,000 records/s
 
 
-def baseline_engine(commit: str = BASELINE_COMMIT) -> ModuleType:
-    """``journeys.engine`` as it was at ``commit``, importable next to today's."""
+def baseline_engine(
+    commit: str = BASELINE_COMMIT, modules: tuple[str, ...] = BASELINE_MODULES
+) -> ModuleType:
+    """``journeys.engine`` as it was at ``commit``, importable next to today's (``modules``:
+    the modules of ``journeys`` it needs at that commit)."""
     package = f"journeys_{commit}"
     if f"{package}.engine" in sys.modules:
         return sys.modules[f"{package}.engine"]
     root = Path(tempfile.mkdtemp(prefix="percorso-engine-"))
     (root / package).mkdir()
     (root / package / "__init__.py").write_text("")
-    for module in BASELINE_MODULES:
+    for module in modules:
         source = subprocess.run(
             ["git", "show", f"{commit}:journeys/{module}.py"],
             capture_output=True,

@@ -562,19 +562,39 @@ class Engine:
         step.windows_armed += 1
 
     def _fire_due(self, step: Step, until: int, now: int | None) -> None:
-        """Fire everything due at or before ``until``, earliest first, chains included."""
+        """Fire everything due at or before ``until``, earliest first, chains included.
+
+        What is due is gathered in one scan and fired in order. Firing an entry never moves
+        another's due time; it may remove some (an inactivity exit drops its journey's windows),
+        which are skipped, and it may add some: a chained window armed, an action deferred by
+        quiet hours. Only then is the state scanned again, so a step that fires one window
+        without a chain scans once instead of twice. The order is the same as looking for the
+        earliest entry after every firing (tests/journeys/test_fire_due.py holds it to that)."""
         state = step.state
+        journeys = state["journeys"]
         while True:
-            due = self._earliest_due(state, until)
+            due = self._all_due(state, until)
             if due is None:
                 return
-            at, kind, journey_id, key = due
-            if kind == 0:
-                self._release(step, key, at, now)
-                continue
-            journey = self._by_id[journey_id]
-            js = state["journeys"][journey_id]
-            if kind == 1:
+            for at, kind, journey_id, key in due:
+                armed, deferred = step.windows_armed, step.deferred
+                if kind == 0:
+                    self._release(step, key, at, now)
+                    continue  # releasing adds nothing
+                js = journeys[journey_id]
+                if not js["active"]:
+                    continue  # exited for inactivity since the scan
+                journey = self._by_id[journey_id]
+                if kind == 2:
+                    self._exit(
+                        step,
+                        journey,
+                        js,
+                        "inactivity",
+                        at,
+                        f"{journey_id}/inactivity/{js['instance']}@{js['last_activity']}",
+                    )
+                    continue
                 windows = js["windows"]
                 n = 0
                 while windows[n]["key"] != key:
@@ -608,25 +628,23 @@ class Engine:
                         )
                 if candidates:
                     self._decide(step, candidates, at, now)
+                if step.windows_armed != armed or step.deferred != deferred:
+                    break  # something new may be due: scan again
             else:
-                self._exit(
-                    step,
-                    journey,
-                    js,
-                    "inactivity",
-                    at,
-                    f"{journey_id}/inactivity/{js['instance']}@{js['last_activity']}",
-                )
+                return
 
-    def _earliest_due(self, state: CustomerState, until: int) -> tuple[int, int, str, str] | None:
-        """The first of what is due at or before ``until``: (due, kind, journey id, key), kind
-        0 a deferred action, 1 a window, 2 an inactivity timeout; ties in that order."""
-        best: tuple[int, int, str, str] | None = None
+    def _all_due(self, state: CustomerState, until: int) -> list[tuple[int, int, str, str]] | None:
+        """Everything due at or before ``until`` as (due, kind, journey id, key), kind 0 a
+        deferred action, 1 a window, 2 an inactivity timeout, in that order (ties: by kind,
+        then journey id and key); None when nothing is."""
+        due: list[tuple[int, int, str, str]] | None = None
         for p in state["pending"]:
             if p["due"] <= until:
                 item = (p["due"], 0, p["journey_id"], p["action_id"])
-                if best is None or item < best:
-                    best = item
+                if due is None:
+                    due = [item]
+                else:
+                    due.append(item)
         inactivity = self._inactivity
         for jid, js in state["journeys"].items():
             if not js["active"]:
@@ -634,14 +652,20 @@ class Engine:
             for w in js["windows"]:
                 if w["deadline"] <= until:
                     item = (w["deadline"], 1, jid, w["key"])
-                    if best is None or item < best:
-                        best = item
+                    if due is None:
+                        due = [item]
+                    else:
+                        due.append(item)
             idle = inactivity.get(jid)
             if idle is not None and js["last_activity"] + idle <= until:
                 item = (js["last_activity"] + idle, 2, jid, "")
-                if best is None or item < best:
-                    best = item
-        return best
+                if due is None:
+                    due = [item]
+                else:
+                    due.append(item)
+        if due is not None and len(due) > 1:
+            due.sort()
+        return due
 
     def _outcome(
         self,

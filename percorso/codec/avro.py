@@ -16,6 +16,14 @@ from percorso.codec.registry import SchemaRegistry
 MAGIC_BYTE = 0
 _HEADER = struct.Struct(">bI")
 
+# field kinds the plain reader decodes itself (``plain_fields``)
+STRING, LONG, STRING_MAP, OPTIONAL_STRING = range(4)
+PlainFields = tuple[tuple[str, int], ...]
+
+
+class _Unplain(Exception):
+    """What the plain reader leaves to fastavro: it decides, and words any error."""
+
 
 def _without_logical_types(schema: Any) -> Any:
     """Percorso keeps timestamps as epoch milliseconds (int) in memory: drop the logical types
@@ -29,6 +37,128 @@ def _without_logical_types(schema: Any) -> Any:
 
 def _parse(schema: Mapping[str, Any]) -> FastSchema:
     return fastavro.parse_schema(_without_logical_types(dict(schema)), _force=True)
+
+
+def plain_fields(schema: Mapping[str, Any]) -> PlainFields | None:
+    """The fields of a record made only of strings, longs (logical types dropped), maps of
+    strings and optional strings (``["null", "string"]``), as (name, kind); None for any other
+    schema. The Touchpoint is such a record: ``read_plain`` decodes it without fastavro."""
+    if schema.get("type") != "record":
+        return None
+    fields = []
+    for f in schema["fields"]:
+        t = f["type"]
+        if isinstance(t, dict) and t.get("type") in ("string", "long"):
+            t = t["type"]
+        if t == "string":
+            kind = STRING
+        elif t == "long":
+            kind = LONG
+        elif t == ["null", "string"]:
+            kind = OPTIONAL_STRING
+        elif isinstance(t, dict) and t.get("type") == "map" and t.get("values") == "string":
+            kind = STRING_MAP
+        else:
+            return None
+        fields.append((f["name"], kind))
+    return tuple(fields)
+
+
+def _long_tail(data: bytes, pos: int, first: int) -> tuple[int, int]:
+    """A zig-zag varint of more than one byte, ``first`` already read; at most 9 bytes (63
+    bits): longer ones (a value near the 64-bit limits, or garbage) are left to fastavro."""
+    n = first & 0x7F
+    shift = 7
+    while True:
+        b = data[pos]
+        pos += 1
+        n |= (b & 0x7F) << shift
+        if b < 0x80:
+            return (n >> 1) ^ -(n & 1), pos
+        shift += 7
+        if shift > 56:
+            raise _Unplain
+
+
+def read_plain(data: bytes, pos: int, fields: PlainFields) -> dict[str, Any]:
+    """The record of ``plain_fields`` encoded in ``data`` from ``pos`` to its very end, as
+    ``fastavro.schemaless_reader`` decodes it with the same schema, without its per-call set-up
+    and per-field schema look-ups. Raises ``_Unplain``, ``IndexError`` (truncated) or
+    ``UnicodeDecodeError`` where it does not decode exactly that: negative lengths, map blocks
+    with a byte size, a union branch not written as 0 or 1, bytes left over, varints of more
+    than 9 bytes; the caller then decodes with fastavro."""
+    size = len(data)
+    record: dict[str, Any] = {}
+    for name, kind in fields:
+        if kind == OPTIONAL_STRING:
+            branch = data[pos]
+            pos += 1
+            if branch == 0:
+                record[name] = None
+                continue
+            if branch != 2:  # the zig-zag of 1, in its one canonical byte
+                raise _Unplain
+            kind = STRING
+        if kind == STRING:
+            n = data[pos]
+            pos += 1
+            if n < 0x80:
+                n = (n >> 1) ^ -(n & 1)
+            else:
+                n, pos = _long_tail(data, pos, n)
+            end = pos + n
+            if n < 0 or end > size:
+                raise _Unplain
+            record[name] = data[pos:end].decode()
+            pos = end
+        elif kind == LONG:
+            n = data[pos]
+            pos += 1
+            if n < 0x80:
+                n = (n >> 1) ^ -(n & 1)
+            else:
+                n, pos = _long_tail(data, pos, n)
+            record[name] = n
+        else:  # STRING_MAP: blocks of key/value pairs, ending with an empty block
+            items: dict[str, str] = {}
+            while True:
+                count = data[pos]
+                pos += 1
+                if count < 0x80:
+                    count = (count >> 1) ^ -(count & 1)
+                else:
+                    count, pos = _long_tail(data, pos, count)
+                if count == 0:
+                    break
+                if count < 0:  # a block that gives its size in bytes
+                    raise _Unplain
+                for _ in range(count):
+                    n = data[pos]
+                    pos += 1
+                    if n < 0x80:
+                        n = (n >> 1) ^ -(n & 1)
+                    else:
+                        n, pos = _long_tail(data, pos, n)
+                    end = pos + n
+                    if n < 0 or end > size:
+                        raise _Unplain
+                    key = data[pos:end].decode()
+                    pos = end
+                    n = data[pos]
+                    pos += 1
+                    if n < 0x80:
+                        n = (n >> 1) ^ -(n & 1)
+                    else:
+                        n, pos = _long_tail(data, pos, n)
+                    end = pos + n
+                    if n < 0 or end > size:
+                        raise _Unplain
+                    items[key] = data[pos:end].decode()
+                    pos = end
+            record[name] = items
+    if pos != size:
+        raise _Unplain
+    return record
 
 
 class AvroCodec:
@@ -46,6 +176,8 @@ class AvroCodec:
         self.reader_schema = _parse(latest.schema)
         self._header = _HEADER.pack(MAGIC_BYTE, self.schema_id)
         self._writers: dict[int, FastSchema] = {self.schema_id: self.reader_schema}
+        # bytes written with the newest schema, when it is plain enough, skip fastavro
+        self._plain = plain_fields(_without_logical_types(dict(latest.schema)))
 
     def encode(self, record: Mapping[str, Any]) -> bytes:
         buf = io.BytesIO()
@@ -74,6 +206,11 @@ class AvroCodec:
                 f"cannot decode {self.subject}: wrong magic byte 0x{data[0]:02x} (expected 0x00); "
                 f"the payload is not Confluent-framed Avro"
             )
+        if schema_id == self.schema_id and self._plain is not None and type(data) is bytes:
+            try:
+                return read_plain(data, _HEADER.size, self._plain)
+            except (_Unplain, IndexError, UnicodeDecodeError):
+                pass  # fastavro decides, and words the error
         writer = self._writer(schema_id)
         buf = io.BytesIO(data)
         buf.seek(_HEADER.size)

@@ -23,6 +23,7 @@ partition. Under backlog, no window fires before the touchpoints that could canc
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from dataclasses import dataclass
@@ -123,6 +124,7 @@ class Runtime:
         self.app.on_partitions_revoked.connect(self._on_revoked)
         self.app.on_partitions_assigned.connect(self._on_assigned)
         self.assigned_once = False
+        self._frozen = False
         self._register_views()
 
     # -- the app ----------------------------------------------------------------------------
@@ -388,7 +390,13 @@ class Runtime:
         now = now_ms()
         owned = self._owned()
         m.assigned_partitions.set(len(owned))
-        m.ready.set(1 if self.ready()[0] else 0)
+        ready = self.ready()[0]
+        m.ready.set(1 if ready else 0)
+        if ready and not self._frozen:
+            # the objects of start-up and recovery (faust's services, clients, tables) live
+            # as long as the worker: the collector need not walk them again
+            self._frozen = True
+            gc.freeze()
         recovery = getattr(self.app.tables, "recovery", None)
         if recovery is not None:
             m.recovery_remaining.set(recovery.active_remaining_total())

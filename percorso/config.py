@@ -70,6 +70,8 @@ class Settings:
     tick_interval_s: float = 1.0
     window_grace_ms: int = 0
     time_scale: float = 1.0  # >1 compresses every journey duration (the demo only)
+    # the worker's garbage-collector thresholds (gc.set_threshold); None: Python's (700, 10, 10)
+    gc_threshold: tuple[int, int, int] | None = (20_000, 20, 10)
     limits: Limits = DEFAULT_LIMITS  # input, state and dead-letter bounds (percorso/limits.py)
 
     @classmethod
@@ -117,6 +119,7 @@ class Settings:
             tick_interval_s=float(e.get("PERCORSO_TICK_INTERVAL", base.tick_interval_s)),
             window_grace_ms=int(e.get("PERCORSO_WINDOW_GRACE_MS", base.window_grace_ms)),
             time_scale=float(e.get("PERCORSO_TIME_SCALE", base.time_scale)),
+            gc_threshold=_gc_threshold(e.get("PERCORSO_GC_THRESHOLD"), base.gc_threshold),
             limits=Limits.from_env(e),
         )
 
@@ -125,3 +128,21 @@ class Settings:
         if not self.bootstrap_servers:
             raise ValueError("no Kafka bootstrap servers: set KAFKA_BOOTSTRAP_SERVERS")
         return {"bootstrap.servers": self.bootstrap_servers, **self.security.librdkafka()}
+
+
+def _gc_threshold(
+    value: str | None, default: tuple[int, int, int] | None
+) -> tuple[int, int, int] | None:
+    """``PERCORSO_GC_THRESHOLD``: three integers (``20000,20,10``), or ``python`` for Python's
+    own thresholds."""
+    if value is None or not value.strip():
+        return default
+    if value.strip().lower() == "python":
+        return None
+    parts = [p.strip() for p in value.split(",")]
+    if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise ValueError(
+            f"PERCORSO_GC_THRESHOLD={value!r}: expected three positive integers "
+            f"(generation 0, 1, 2 thresholds, e.g. 20000,20,10) or 'python'"
+        )
+    return int(parts[0]), int(parts[1]), int(parts[2])

@@ -196,6 +196,7 @@ def test_a_barrier_waits_for_the_records_produced_before_it_not_for_an_empty_que
         assert (r.timestamp()[1] <= barrier) == (int(r.value()) < 3000)
 
 
+@pytest.mark.kafka_semantics  # the embedded broker ignores message.timestamp.type
 def test_a_barrier_on_a_topic_stamped_with_the_broker_time_waits_for_an_empty_queue(
     settings_factory: Callable[..., Settings], unique: Callable[[str], str]
 ) -> None:

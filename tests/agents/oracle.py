@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.error
 import urllib.request
 from typing import Any
 
@@ -60,8 +61,15 @@ def changelog_states(settings: Settings) -> dict[str, CustomerState]:
 
 
 def partitions_of(worker: WorkerProcess) -> list[int]:
-    with urllib.request.urlopen(f"{worker.url}/readyz", timeout=2) as response:
-        return list(json.loads(response.read())["partitions"])
+    """The partitions a worker owns; none while it is not ready (a rebalance under way: its
+    ``/readyz`` answers 503, as when a second worker joins)."""
+    try:
+        with urllib.request.urlopen(f"{worker.url}/readyz", timeout=2) as response:
+            return list(json.loads(response.read())["partitions"])
+    except urllib.error.HTTPError as exc:
+        if exc.code == 503:
+            return []
+        raise
 
 
 def missing_report(

@@ -88,10 +88,13 @@ def test_killed_workers_partitions_fire_on_the_survivor(cluster: Cluster, collec
     a.wait_ready()
     b.wait_ready()
     deadline = time.monotonic() + 60
-    while not (partitions_of(a) and partitions_of(b)):
+    while True:
+        of_a, of_b = partitions_of(a), partitions_of(b)
+        if of_a and of_b:
+            break
         assert time.monotonic() < deadline, "the two workers never shared the partitions"
         time.sleep(0.5)
-    owned_by_a = set(partitions_of(a))
+    owned_by_a = set(of_a)
     now = now_ms()
     customers = [f"cust-{n:03d}" for n in range(40)]
     events = []

@@ -238,7 +238,7 @@ class Metrics:
         self.checkpoint = Histogram(
             "percorso_checkpoint_seconds",
             "Time a checkpoint takes (outputs and changelog delivered, offsets committed, "
-            "RocksDB written); records wait meanwhile.",
+            "RocksDB written); it runs beside the partition loop.",
             buckets=(*PROCESSING_BUCKETS, 2.5, 5.0, 10.0),
             registry=r,
         )

@@ -110,6 +110,7 @@ class Runtime:
         self.source = self.app.topic(t.touchpoints, self.repartition_name, partitions=n, **RAW)
         self.topics = frozenset((t.touchpoints, self.repartition_name))
         self.state = self._raw_table("state", n)
+        self.rocksdb = patches.bound_rocksdb_memory(self.state, settings.rocksdb_memory_mb << 20)
         self.changelog_name = self.state.changelog_topic.get_topic_name()
         self.parts: dict[int, PartitionProcessor] = {}
         self.checkpoint = Checkpoint(self.output, self._commit, self.changelog_name)
@@ -390,6 +391,7 @@ class Runtime:
         now = now_ms()
         owned = self._owned()
         m.assigned_partitions.set(len(owned))
+        m.rocksdb_memory.set(self.rocksdb.usage())
         ready = self.ready()[0]
         m.ready.set(1 if ready else 0)
         if ready and not self._frozen:

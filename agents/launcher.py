@@ -39,6 +39,7 @@ def worker_env(settings: Settings, broker_profile: str, **extra: str) -> dict[st
         "PERCORSO_WINDOW_GRACE_MS": str(settings.window_grace_ms),
         "PERCORSO_TIME_SCALE": str(settings.time_scale),
         "PERCORSO_GC_THRESHOLD": ",".join(map(str, settings.gc_threshold or ())) or "python",
+        "PERCORSO_ROCKSDB_MEMORY_MB": str(settings.rocksdb_memory_mb),
         "PYTHONUNBUFFERED": "1",
         **{variable: str(getattr(settings.limits, name)) for name, variable in LIMITS_ENV.items()},
     }

@@ -293,6 +293,12 @@ class Metrics:
         self.state_bytes = Gauge(
             "percorso_state_bytes", "Size of this worker's RocksDB state on disk.", registry=r
         )
+        self.rocksdb_memory = Gauge(
+            "percorso_rocksdb_memory_bytes",
+            "Bytes held by the RocksDB block cache all of this worker's partitions share, "
+            "memtables included (bounded by PERCORSO_ROCKSDB_MEMORY_MB).",
+            registry=r,
+        )
         self.ticks = Counter(
             "percorso_ticks_total", "Rounds of due wake-ups fired, per partition.", registry=r
         )

@@ -15,6 +15,8 @@ runtime registers its partition loop. docs/architecture.md lists them.
   partition's caught-up time can be).
 - End offsets for table recovery come from ListOffsets, which the embedded broker answers
   wrongly (embedded broker only: durability).
+- Every partition's RocksDB shares one bounded cache, memtables charged to it
+  (``bound_rocksdb_memory``; faust gives each partition a 2 GB cache of its own: memory).
 - Faust's aiokafka producer is idempotent only inside
   transactions; on brokers that support it, it is idempotent with ``acks=all`` always, so a
   retried send cannot duplicate or reorder a partition's records (durability).
@@ -28,6 +30,8 @@ from collections.abc import Coroutine, Generator
 from typing import Any, Protocol, cast
 
 import faust
+import rocksdict
+from faust.stores.rocksdb import RocksDBOptions
 
 log = logging.getLogger("percorso.agents")
 
@@ -460,6 +464,67 @@ def partition_db(table: Any, partition: int) -> Any:
     if db_for_partition is None:
         raise RuntimeError("the state table needs faust's RocksDB store (rocksdb://)")
     return db_for_partition(partition)
+
+
+def bound_rocksdb_memory(table: Any, memory_bytes: int) -> BoundedRocksDBOptions:
+    """Bound the memory of every partition's RocksDB of ``table`` together, as Kafka Streams'
+    bounded-memory configuration does: one block cache of ``memory_bytes`` shared by all of
+    them, their memtables (at most half of it) charged to that cache, and the index and filter
+    blocks kept in it too. Faust's defaults give each partition its own 2 GB cache and up to
+    3 x 64 MB of memtables, so a worker's memory grows with its customers. Call before the
+    store opens a partition (faust opens them on first use)."""
+    store = table.data
+    current = getattr(store, "rocksdb_options", None)
+    if isinstance(current, BoundedRocksDBOptions):
+        return current
+    if not isinstance(current, RocksDBOptions) or not current.use_rocksdict:
+        raise RuntimeError("the state table needs faust's RocksDB store through rocksdict")
+    bounded = BoundedRocksDBOptions(memory_bytes, current)
+    store.rocksdb_options = bounded
+    return bounded
+
+
+class BoundedRocksDBOptions(RocksDBOptions):
+    """faust's RocksDB options, with one cache and write-buffer manager for all partitions."""
+
+    def __init__(self, memory_bytes: int, base: RocksDBOptions) -> None:
+        super().__init__(
+            max_open_files=base.max_open_files,
+            target_file_size_base=base.target_file_size_base,
+            bloom_filter_size=base.bloom_filter_size,
+            use_rocksdict=True,
+            ttl=base.ttl,
+        )
+        self.memory_bytes = memory_bytes
+        self.cache = rocksdict.Cache(memory_bytes)
+        self.write_buffers = rocksdict.WriteBufferManager.new_write_buffer_manager_with_cache(
+            memory_bytes // 2, False, self.cache
+        )
+        # a memtable flushes at this size, or sooner once all of them reach half the cache
+        self.write_buffer_size = max(4 << 20, memory_bytes // 16)
+        self.max_write_buffer_number = 3
+
+    def as_options(self) -> rocksdict.Options:
+        options = rocksdict.Options(raw_mode=True)
+        options.create_if_missing(True)
+        if self.max_open_files is not None:
+            options.set_max_open_files(self.max_open_files)
+        options.set_write_buffer_size(self.write_buffer_size)
+        options.set_max_write_buffer_number(self.max_write_buffer_number)
+        options.set_target_file_size_base(self.target_file_size_base)
+        options.set_write_buffer_manager(self.write_buffers)
+        table = rocksdict.BlockBasedOptions()
+        table.set_bloom_filter(self.bloom_filter_size, True)
+        table.set_block_cache(self.cache)
+        table.set_cache_index_and_filter_blocks(True)
+        table.set_pin_l0_filter_and_index_blocks_in_cache(True)
+        table.set_index_type(rocksdict.BlockBasedIndexType.binary_search())
+        options.set_block_based_table_factory(table)
+        return options
+
+    def usage(self) -> int:
+        """Bytes the shared cache holds now: blocks, and the memtables charged to it."""
+        return int(self.cache.get_usage())
 
 
 def producer_metadata_refresh(app: Any) -> Any:

@@ -709,17 +709,27 @@ def recovery(run: Run, sizes: Sizes) -> dict[str, Any]:
         )
         for n in range(sizes.recovery_customers)
     ]
-    log(f"recovery: loading {len(records)} customers")
-    run.produce(settings, records)
     worker = Worker(run, settings).start()
     result: dict[str, Any] = {"customers": len(records)}
     try:
         worker.wait_ready()
-        processed_rate([worker], len(records))
-        time.sleep(8)  # let the worker commit and flush its changelog
-        rss = worker.metric("process_resident_memory_bytes")
+        # RSS at two sizes, same worker: a fifth of the customers, then all of them. With the
+        # RocksDB memory bounded (PERCORSO_ROCKSDB_MEMORY_MB) and the transactions bounded by
+        # the checkpoint, the second should not be 5x the first.
+        fifth = len(records) // 5
+        rss_at: dict[str, int] = {}
+        for start, loaded in ((0, fifth), (fifth, len(records))):
+            log(f"recovery: loading customers {start} to {loaded}")
+            run.produce(settings, records[start:loaded])
+            processed_rate([worker], loaded)
+            time.sleep(8)  # let the worker commit and flush its changelog
+            rss_at[str(loaded)] = int(worker.metric("process_resident_memory_bytes"))
+        rss = rss_at[str(len(records))]
         state_bytes = sum(f.stat().st_size for f in settings.data_dir.rglob("*") if f.is_file())
-        result["rss_bytes"] = int(rss)
+        result["rss_bytes"] = rss
+        result["rss_bytes_by_customers"] = rss_at
+        result["rss_growth_5x_customers"] = round(rss / rss_at[str(fifth)], 2)
+        result["rocksdb_memory_bytes"] = settings.rocksdb_memory_mb * 1024 * 1024
         result["state_bytes"] = state_bytes
         result["rss_bytes_per_customer"] = round(rss / len(records), 1)
         result["state_bytes_per_customer"] = round(state_bytes / len(records), 1)
@@ -844,12 +854,16 @@ def table(results: dict[str, Any]) -> str:
         )
     if "recovery" in results:
         r = results["recovery"]
+        rss = " then ".join(
+            f"{b / 2**20:,.0f} MB at {int(c):,}" for c, b in r["rss_bytes_by_customers"].items()
+        )
         lines.append(
             f"recovery at {r['customers']:,} customers: ready {r['restart_to_ready_s']} s"
             f" (lag 0 at {r['restart_to_lag_zero_s']} s), changelog only "
             f"{r.get('changelog_only_note') or str(r['changelog_only_to_ready_s']) + ' s'}; "
-            f"RSS {r['rss_bytes_per_customer']} "
-            f"B/customer, state {r['state_bytes_per_customer']} B/customer"
+            f"RSS {rss} (x{r['rss_growth_5x_customers']} for 5x the customers; RocksDB"
+            f" bounded at {r['rocksdb_memory_bytes'] / 2**20:,.0f} MB), state"
+            f" {r['state_bytes_per_customer']} B/customer"
         )
     if "scaling" in results:
         r = results["scaling"]

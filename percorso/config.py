@@ -72,6 +72,9 @@ class Settings:
     time_scale: float = 1.0  # >1 compresses every journey duration (the demo only)
     # the worker's garbage-collector thresholds (gc.set_threshold); None: Python's (700, 10, 10)
     gc_threshold: tuple[int, int, int] | None = (20_000, 20, 10)
+    # RocksDB's memory in the worker, all partitions together: one block cache, with the
+    # memtables (at most half of it) charged to it (agents/patches.py bound_rocksdb_memory)
+    rocksdb_memory_mb: int = 256
     limits: Limits = DEFAULT_LIMITS  # input, state and dead-letter bounds (percorso/limits.py)
 
     @classmethod
@@ -120,6 +123,11 @@ class Settings:
             window_grace_ms=int(e.get("PERCORSO_WINDOW_GRACE_MS", base.window_grace_ms)),
             time_scale=float(e.get("PERCORSO_TIME_SCALE", base.time_scale)),
             gc_threshold=_gc_threshold(e.get("PERCORSO_GC_THRESHOLD"), base.gc_threshold),
+            rocksdb_memory_mb=_positive(
+                "PERCORSO_ROCKSDB_MEMORY_MB",
+                e.get("PERCORSO_ROCKSDB_MEMORY_MB"),
+                base.rocksdb_memory_mb,
+            ),
             limits=Limits.from_env(e),
         )
 
@@ -128,6 +136,14 @@ class Settings:
         if not self.bootstrap_servers:
             raise ValueError("no Kafka bootstrap servers: set KAFKA_BOOTSTRAP_SERVERS")
         return {"bootstrap.servers": self.bootstrap_servers, **self.security.librdkafka()}
+
+
+def _positive(name: str, value: str | None, default: int) -> int:
+    if value is None or not value.strip():
+        return default
+    if not value.strip().isdigit() or int(value) <= 0:
+        raise ValueError(f"{name}={value!r}: expected a positive integer")
+    return int(value)
 
 
 def _gc_threshold(

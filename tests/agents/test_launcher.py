@@ -30,10 +30,12 @@ def test_the_worker_environment_gives_back_every_setting_it_carries() -> None:
         window_grace_ms=250,
         time_scale=60.0,
         gc_threshold=(5000, 7, 9),
+        rocksdb_memory_mb=48,
     )
     seen = Settings.from_env(worker_env(settings, "embedded"))
     assert seen.topics == settings.topics  # the conversions topic included
     assert seen.gc_threshold == (5000, 7, 9)
+    assert seen.rocksdb_memory_mb == 48
     assert (
         Settings.from_env(worker_env(replace(settings, gc_threshold=None), "x")).gc_threshold
         is None

@@ -17,3 +17,14 @@ def test_the_gc_threshold_defaults_to_the_measured_one_and_can_be_pythons() -> N
 def test_a_malformed_gc_threshold_is_refused_with_the_variable_named(value: str) -> None:
     with pytest.raises(ValueError, match="PERCORSO_GC_THRESHOLD"):
         Settings.from_env({"PERCORSO_GC_THRESHOLD": value})
+
+
+def test_the_rocksdb_memory_is_256_mb_unless_set() -> None:
+    assert Settings.from_env({}).rocksdb_memory_mb == 256
+    assert Settings.from_env({"PERCORSO_ROCKSDB_MEMORY_MB": "64"}).rocksdb_memory_mb == 64
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "1.5", "lots"])
+def test_a_malformed_rocksdb_memory_is_refused_with_the_variable_named(value: str) -> None:
+    with pytest.raises(ValueError, match="PERCORSO_ROCKSDB_MEMORY_MB"):
+        Settings.from_env({"PERCORSO_ROCKSDB_MEMORY_MB": value})

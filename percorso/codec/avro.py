@@ -11,6 +11,7 @@ import fastavro
 from fastavro.types import Schema as FastSchema
 
 from percorso.codec.errors import SchemaNotFoundError, SerializationError
+from percorso.codec.plainwrite import Unwritable, write_plain, write_plan
 from percorso.codec.registry import SchemaRegistry
 
 MAGIC_BYTE = 0
@@ -177,9 +178,19 @@ class AvroCodec:
         self._header = _HEADER.pack(MAGIC_BYTE, self.schema_id)
         self._writers: dict[int, FastSchema] = {self.schema_id: self.reader_schema}
         # bytes written with the newest schema, when it is plain enough, skip fastavro
-        self._plain = plain_fields(_without_logical_types(dict(latest.schema)))
+        plain_schema = _without_logical_types(dict(latest.schema))
+        self._plain = plain_fields(plain_schema)
+        # and so do records written with it (percorso.codec.plainwrite)
+        self._write_plan = write_plan(plain_schema)
 
     def encode(self, record: Mapping[str, Any]) -> bytes:
+        if self._write_plan is not None:
+            out = bytearray(self._header)
+            try:
+                write_plain(out, self._write_plan, record)
+                return bytes(out)
+            except (Unwritable, UnicodeEncodeError, RecursionError):
+                pass  # fastavro decides, and words the error
         buf = io.BytesIO()
         buf.write(self._header)
         try:

@@ -11,7 +11,7 @@ import fastavro
 from fastavro.types import Schema as FastSchema
 
 from percorso.codec.errors import SchemaNotFoundError, SerializationError
-from percorso.codec.plainwrite import Unwritable, write_plain, write_plan
+from percorso.codec.plainwrite import Unwritable, write_plan
 from percorso.codec.registry import SchemaRegistry
 
 MAGIC_BYTE = 0
@@ -181,13 +181,13 @@ class AvroCodec:
         plain_schema = _without_logical_types(dict(latest.schema))
         self._plain = plain_fields(plain_schema)
         # and so do records written with it (percorso.codec.plainwrite)
-        self._write_plan = write_plan(plain_schema)
+        self._write = write_plan(plain_schema)
 
     def encode(self, record: Mapping[str, Any]) -> bytes:
-        if self._write_plan is not None:
+        if self._write is not None:
             out = bytearray(self._header)
             try:
-                write_plain(out, self._write_plan, record)
+                self._write(out, record)
                 return bytes(out)
             except (Unwritable, UnicodeEncodeError, RecursionError):
                 pass  # fastavro decides, and words the error

@@ -718,17 +718,22 @@ def recovery(run: Run, sizes: Sizes) -> dict[str, Any]:
         # the checkpoint, the second should not be 5x the first.
         fifth = len(records) // 5
         rss_at: dict[str, int] = {}
+        cache_at: dict[str, int] = {}
         for start, loaded in ((0, fifth), (fifth, len(records))):
             log(f"recovery: loading customers {start} to {loaded}")
             run.produce(settings, records[start:loaded])
             processed_rate([worker], loaded)
             time.sleep(8)  # let the worker commit and flush its changelog
             rss_at[str(loaded)] = int(worker.metric("process_resident_memory_bytes"))
+            cache_at[str(loaded)] = int(worker.metric("percorso_rocksdb_memory_bytes"))
         rss = rss_at[str(len(records))]
         state_bytes = sum(f.stat().st_size for f in settings.data_dir.rglob("*") if f.is_file())
         result["rss_bytes"] = rss
         result["rss_bytes_by_customers"] = rss_at
         result["rss_growth_5x_customers"] = round(rss / rss_at[str(fifth)], 2)
+        # what the RocksDB cache held (memtables included): RSS less it is the rest of the
+        # worker, which should not grow with the customers
+        result["rocksdb_cache_bytes_by_customers"] = cache_at
         result["rocksdb_memory_bytes"] = settings.rocksdb_memory_mb * 1024 * 1024
         result["state_bytes"] = state_bytes
         result["rss_bytes_per_customer"] = round(rss / len(records), 1)
@@ -854,8 +859,10 @@ def table(results: dict[str, Any]) -> str:
         )
     if "recovery" in results:
         r = results["recovery"]
+        cache = r.get("rocksdb_cache_bytes_by_customers", {})
         rss = " then ".join(
-            f"{b / 2**20:,.0f} MB at {int(c):,}" for c, b in r["rss_bytes_by_customers"].items()
+            f"{b / 2**20:,.0f} MB (RocksDB cache {cache.get(c, 0) / 2**20:,.0f}) at {int(c):,}"
+            for c, b in r["rss_bytes_by_customers"].items()
         )
         lines.append(
             f"recovery at {r['customers']:,} customers: ready {r['restart_to_ready_s']} s"

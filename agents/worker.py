@@ -30,10 +30,10 @@ def _use_uvloop() -> None:
 def tune_gc(threshold: tuple[int, int, int] | None) -> None:
     """Set the collector's thresholds and freeze what exists now (modules, the catalog,
     Faust's services): the collector no longer walks those objects. Measured on a worker at
-    2,500 touchpoints/s: with Python's thresholds (700, 10, 10), full collections took about
-    2 s of every 30 (up to 120 ms each, each one a latency spike), because customer states
-    live for a checkpoint interval, long enough to be promoted; with (20000, 20, 10) and the
-    freeze, about 0.4 s (docs/performance.md). Freezing changes nothing for reference
+    2,500 touchpoints/s: with Python's thresholds (700, 10, 10), collections took about 2.6 s
+    of every 30, 13 of them full ones of 40-120 ms (each a latency spike), because customer
+    states live for a checkpoint interval, long enough to be promoted; with (20000, 20, 10)
+    and the freeze, about 1.0 s (docs/performance.md). Freezing changes nothing for reference
     counting: frozen objects are still freed when no longer referenced."""
     if threshold is not None:
         gc.set_threshold(*threshold)

@@ -189,7 +189,7 @@ class AvroCodec:
             try:
                 self._write(out, record)
                 return bytes(out)
-            except (Unwritable, UnicodeEncodeError, RecursionError):
+            except (Unwritable, UnicodeEncodeError):
                 pass  # fastavro decides, and words the error
         buf = io.BytesIO()
         buf.write(self._header)

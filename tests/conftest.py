@@ -85,6 +85,12 @@ def settings_for(
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
     outcome = yield
     report = outcome.get_result()
+    if report.failed:
+        # the failure's message as it happens, not only in the FAILURES section at the end: a
+        # CI log cut to its head and tail still says why a test failed
+        crash = getattr(report.longrepr, "reprcrash", None)
+        message = crash.message if crash is not None else str(report.longrepr)[-2000:]
+        _say(item.config, f"FAILED {report.nodeid} ({report.when}): {message[:4000]}")
     if report.failed and "broker" in getattr(item, "fixturenames", ()):
         b = item.funcargs.get("broker") if hasattr(item, "funcargs") else None
         if isinstance(b, Broker) and b.log_path is not None:

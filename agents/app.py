@@ -208,7 +208,8 @@ class Runtime:
             first = records[0].offset
             if expected is not None and first > expected:
                 self._on_offset_jump(tp.topic, tp.partition, expected, first)
-            part.records(tp.topic, records, now, tally)
+            end = patches.highwater(self.app, tp.topic, tp.partition)
+            part.records(tp.topic, records, now, tally, end)
             tally.records += len(records)
             if part.latest_event_ms > self.latest_event_ms:
                 self.latest_event_ms = part.latest_event_ms

@@ -21,9 +21,10 @@ A checkpoint makes everything the partitions processed up to its start durable, 
 
 Why this order survives a crash anywhere: the state recorded in the changelog is never ahead of
 the outputs (step 2 before 3), so a record processed again either finds its effect in the
-restored state (a duplicate: nothing is sent twice) or recomputes and re-sends outputs that may
-have been delivered already (same deterministic ``action_id``: a duplicate for consumers to
-drop, never a new action). Offsets are committed only when all of it is durable (5 after 4),
+restored state (a duplicate, recognised by the offset its customer's value says it applied
+last: nothing is sent twice) or recomputes and re-sends outputs that may have been delivered
+already (same deterministic ``action_id``: a duplicate for consumers to drop, never a new
+action). Offsets are committed only when all of it is durable (5 after 4),
 and they are the offsets of the sealed records, never of records applied since, so no record is
 skipped. RocksDB is written last and only with delivered records, so the local store is always
 a prefix of the changelog; after a crash between 4 and 6, table recovery reads the rest from

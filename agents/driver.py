@@ -277,7 +277,8 @@ class Driver:
                 start = self.positions.get((topic, partition), 0)
                 batch = self.log.read(topic, partition, start)[:max_records]
                 if batch:
-                    part.records(topic, batch, now, self.tally)
+                    end = self.log.end(topic, partition)
+                    part.records(topic, batch, now, self.tally, end)
                     self.positions[(topic, partition)] = batch[-1].offset + 1
                     applied += len(batch)
         return applied

@@ -31,6 +31,7 @@ from agents.processor import (
     parse_index_key,
 )
 from agents.store import PartitionStore
+from agents.stored import INPUT, REKEYED
 from journeys.engine import Tick
 from percorso.limits import ENV
 
@@ -85,12 +86,29 @@ class PartitionProcessor:
 
     # -- records ----------------------------------------------------------------------------
 
-    def records(self, topic: str, records: Iterable[Record], now: int, tally: Tally) -> None:
-        """Apply a fetched batch of one topic's partition, in offset order."""
+    def records(
+        self,
+        topic: str,
+        records: Iterable[Record],
+        now: int,
+        tally: Tally,
+        end: int | None = None,
+    ) -> None:
+        """Apply a fetched batch of one topic's partition, in offset order. ``end``: the
+        partition's high watermark as of the fetch (None: unknown).
+
+        A record below the offset its customer's stored value says was applied last
+        (``Customer.applied``) is already in the state: the records since the committed
+        offset come again after a crash, and the changelog may hold their effect. It counts as
+        a duplicate and changes nothing, however many of the customer's records the replay
+        holds (the engine's memory of event ids is bounded). A stored offset beyond ``end``
+        is not from this topic's log (recreated, or truncated since): it is ignored."""
         processor = self.processor
         store = self.store
         produce = self.produce
         rekey = topic == self.input_topic
+        source = INPUT if rekey else REKEYED
+        known = -1 if end is None else end  # stored offsets up to here are this log's
         partition = self.partition
         offset = -1
         for record in records:
@@ -118,7 +136,11 @@ class PartitionProcessor:
                 self.watermark = t
             key = b"c:" + encoded_id
             try:
-                applied = processor.apply(store.customer(key), touchpoint, now, partition)
+                customer = store.customer(key)
+                if customer is not None and offset < customer.applied[source] <= known:
+                    tally.touchpoint(channel, "duplicate")  # applied before a crash
+                    continue
+                applied = processor.apply(customer, touchpoint, now, partition)
             except Quarantined as bad:
                 self._quarantine(key, bad, Position(topic, partition, offset), tally, record)
                 tally.touchpoint(channel, "quarantined")
@@ -137,6 +159,7 @@ class PartitionProcessor:
                 continue
             if t > self.latest_event_ms:
                 self.latest_event_ms = t
+            applied.customer.applied[source] = offset + 1
             self._store(key, applied, now, touchpoint, tally)
         if offset >= 0:
             self.offsets[topic] = offset + 1

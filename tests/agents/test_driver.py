@@ -8,6 +8,7 @@ and nothing was emitted that the replay does not have (duplicates only repeat an
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -171,6 +172,72 @@ def test_a_crash_at_any_step_of_the_checkpoint_loses_nothing(tmp_path: Path, ste
     _crash_in_checkpoint(driver, STEPS[step])
     finish(driver)
     check(driver)
+
+
+# four customers with about 300 touchpoints each: one checkpoint interval holds far more of a
+# customer's touchpoints than the engine remembers event ids for (remember_events, 64 shipped)
+BUSY = SyntheticTraffic(customers=4, seed=11).take(1200)
+BUSY_END = max(e["occurred_at"] for e in BUSY) + 3 * 86_400_000
+BUSY_IDS, BUSY_STATES = oracle(BUSY, BUSY_END)
+
+
+REPLAYS = {
+    # the changelog got the states of two customers of four (measured: 609 of 1,200 records
+    # come again on top of a state that holds them), or all of them
+    "4: some states delivered": (_fail_flush(2, deliver=7), 609),
+    "5: commit failed": (_fail_commit, len(BUSY)),
+}
+
+
+@pytest.mark.parametrize("step", sorted(REPLAYS))
+def test_a_replay_longer_than_the_remembered_event_ids_applies_nothing_twice(
+    tmp_path: Path, step: str
+) -> None:
+    """A crash after the changelog got (some of) an interval's states, before its offsets were
+    committed: the records come again on top of states that hold them already. Each customer's
+    stored value says up to which offset it has applied, so none is applied twice, however many
+    of its records the interval held."""
+    assert min(Counter(e["customer_id"] for e in BUSY).values()) > 2 * 64
+    inject, replayed = REPLAYS[step]
+    driver = Driver(CATALOG, tmp_path)
+    driver.send(BUSY)
+    assert driver.poll(BUSY_END, max_records=len(BUSY)) == len(BUSY)  # one interval
+    inject(driver)
+    with pytest.raises((InjectedFailure, DeliveryFailed)):
+        run(driver.checkpoint_now())
+    driver.crash()
+    run(driver.run(BUSY_END, max_records=50))
+    driver.fire(BUSY_END)
+    run(driver.checkpoint_now())
+    emitted = {a["action_id"] for a in driver.actions()}
+    assert emitted == BUSY_IDS
+    assert driver.changelog_states() == BUSY_STATES
+    assert driver.states() == BUSY_STATES
+    duplicates = sum(
+        n for (_, outcome), n in driver.tally.touchpoints.items() if outcome == "duplicate"
+    )
+    assert duplicates == replayed  # every record that came again was recognised
+
+
+def test_an_applied_offset_beyond_the_log_is_not_trusted(tmp_path: Path) -> None:
+    """A stored offset past the partition's end is not from this log (the topic was recreated,
+    or truncated): the customer's records are applied, not taken for duplicates."""
+    driver = Driver(CATALOG, tmp_path)
+    driver.send(EVENTS[:200])
+    finish(driver)
+    customer_id = EVENTS[0]["customer_id"]
+    key = customer_key(customer_id)
+    part = next(p for p in driver.parts.values() if p.store.customer(key) is not None)
+    customer = part.store.customer(key)
+    assert customer is not None and customer.applied[0] > 0
+    customer.applied[:] = [10**12, 10**12]
+    part.store.put_customer(key, customer, None)
+    run(driver.checkpoint_now())
+    later = dict(EVENTS[0], event_id="after-recreation", occurred_at=END)
+    driver.send([later])
+    run(driver.run(END, max_records=50))
+    stored_state = driver.states()[customer_id]
+    assert "after-recreation" in stored_state["seen"]
 
 
 def test_records_applied_while_a_checkpoint_is_under_way_equal_the_replay(

@@ -150,7 +150,7 @@ class Metrics:
         self.touchpoints = Counter(
             "percorso_touchpoints_total",
             "Touchpoints consumed, by channel and outcome "
-            "(processed, duplicate, late, rejected, repartitioned).",
+            "(processed, duplicate, replayed, late, rejected, repartitioned).",
             ["channel", "outcome"],
             registry=r,
         )

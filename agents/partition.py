@@ -99,10 +99,11 @@ class PartitionProcessor:
 
         A record below the offset its customer's stored value says was applied last
         (``Customer.applied``) is already in the state: the records since the committed
-        offset come again after a crash, and the changelog may hold their effect. It counts as
-        a duplicate and changes nothing, however many of the customer's records the replay
-        holds (the engine's memory of event ids is bounded). A stored offset beyond ``end``
-        is not from this topic's log (recreated, or truncated since): it is ignored."""
+        offset come again after a crash, and the changelog may hold their effect. It changes
+        nothing and sends nothing (outcome ``replayed``), however many of the customer's
+        records the replay holds (the engine's memory of event ids is bounded). A stored
+        offset beyond ``end`` is not from this topic's log (recreated, or truncated since):
+        it is ignored."""
         processor = self.processor
         store = self.store
         produce = self.produce
@@ -138,7 +139,7 @@ class PartitionProcessor:
             try:
                 customer = store.customer(key)
                 if customer is not None and offset < customer.applied[source] <= known:
-                    tally.touchpoint(channel, "duplicate")  # applied before a crash
+                    tally.touchpoint(channel, "replayed")  # applied before a crash
                     continue
                 applied = processor.apply(customer, touchpoint, now, partition)
             except Quarantined as bad:

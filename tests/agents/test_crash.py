@@ -140,7 +140,24 @@ def test_killed_workers_partitions_fire_on_the_survivor(cluster: Cluster, collec
     a.kill()
     want, _ = oracle(settings, scale, events, now + 100 + 40 + 15_000)
     assert len(want) == len(customers)  # one reminder each
-    col.until(lambda: want <= set(emitted(col)), 120, "the reminders of every customer")
+
+    def explain() -> str:
+        got = {a["customer_id"] for t in action_topics(settings) for a in col.records[t]}
+        missing = sorted(set(customers) - got)
+        figures = {
+            name: b.metric(name)
+            for name in (
+                "percorso_touchpoints_total",
+                "percorso_windows_pending",
+                "percorso_windows_overdue_seconds",
+                "percorso_consumer_lag_messages",
+                "percorso_ticks_total",
+            )
+        }
+        where = {c: partition_for(c, settings.partitions) for c in missing}
+        return f"missing {where} (a owned {sorted(owned_by_a)}); survivor: {figures}"
+
+    col.until(lambda: want <= set(emitted(col)), 120, "the reminders of every customer", explain)
     col.poll(3)
     assert set(emitted(col)) == want  # once each, after de-duplication by action id
     reminders = [x for t in action_topics(settings) for x in col.records[t]]

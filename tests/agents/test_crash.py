@@ -155,7 +155,11 @@ def test_killed_workers_partitions_fire_on_the_survivor(cluster: Cluster, collec
             )
         }
         where = {c: partition_for(c, settings.partitions) for c in missing}
-        return f"missing {where} (a owned {sorted(owned_by_a)}); survivor: {figures}"
+        owns = partitions_of(b)  # none while it answers 503 (not ready)
+        return (
+            f"missing {where} (a owned {sorted(owned_by_a)}); survivor owns {owns}, "
+            f"figures {figures}"
+        )
 
     col.until(lambda: want <= set(emitted(col)), 120, "the reminders of every customer", explain)
     col.poll(3)

@@ -24,11 +24,11 @@ the outputs (step 2 before 3), so a record processed again either finds its effe
 restored state (a duplicate, recognised by the offset its customer's value says it applied
 last: nothing is sent twice) or recomputes and re-sends outputs that may have been delivered
 already (same deterministic ``action_id``: a duplicate for consumers to drop, never a new
-action). Offsets are committed only when all of it is durable (5 after 4),
-and they are the offsets of the sealed records, never of records applied since, so no record is
-skipped. RocksDB is written last and only with delivered records, so the local store is always
-a prefix of the changelog; after a crash between 4 and 6, table recovery reads the rest from
-the changelog. A failure at any step leaves the sealed layers in place, so the next checkpoint
+action). Offsets are committed only when all of it is durable (5 after 4), and they are the
+offsets of the sealed records, never of records applied since, so no record is skipped.
+RocksDB is written last and only with delivered records, so the local store is always a prefix
+of the changelog; after a crash between 4 and 6, table recovery reads the rest from the
+changelog. A failure at any step leaves the sealed layers in place, so the next checkpoint
 (or the one at a rebalance or shutdown) writes them again, before its own.
 
 A record that cannot be delivered fails the barrier: the worker stops instead of committing

@@ -90,16 +90,17 @@ def encode(customer: Customer) -> bytes:
     return _ENVELOPE.pack(MSGPACK_V2, due, len(stages), len(body)) + stages + body
 
 
-def _applied(summary: bytes) -> list[int]:
-    """The applied offsets in a stage summary's last item (none known without it)."""
-    last = summary[summary.rfind(b"\x1f") + 1 :]
-    if not last.startswith(b"#") or b"=" in last:
+def _applied(stored: bytes, start: int, end: int) -> list[int]:
+    """The applied offsets in the last item of the stage summary ``stored[start:end]`` (none
+    known without it); read in place, without copying the summary."""
+    at = stored.rfind(b"\x1f", start, end) + 1 or start
+    if stored[at : at + 1] != b"#" or stored.find(b"=", at, end) >= 0:
         return _no_offsets()
-    first, _, second = last[1:].partition(b":")
+    first, _, second = stored[at + 1 : end].partition(b":")
     try:
         return [int(first), int(second)]
     except ValueError:
-        raise CorruptValue(f"applied offsets {last!r}") from None
+        raise CorruptValue(f"applied offsets {stored[at:end]!r}") from None
 
 
 def decode(stored: bytes) -> Customer:
@@ -114,7 +115,7 @@ def decode(stored: bytes) -> Customer:
             if start + size != len(stored):
                 raise CorruptValue("bytes after the state")
             state = _decoder.decode(body)
-            applied = _applied(stored[_ENVELOPE.size : start])
+            applied = _applied(stored, _ENVELOPE.size, start)
         elif version == AVRO_V1:
             state = decode_state(body)  # what follows is the version-1 outbox: ignored
             applied = _no_offsets()

@@ -425,6 +425,8 @@ class Runtime:
             except Exception:  # not open yet (recovery)
                 continue
             low, high = index_range(partition, now)
+            if part is not None and part.store.scan_from > low:
+                low = part.store.scan_from  # below it: fired entries, or their tombstones
             for key in db.keys(from_key=low):
                 if key < high:
                     due = parse_index_key(key)[1]
@@ -452,10 +454,15 @@ class Runtime:
                 if seen % 2000 == 0:
                     await asyncio.sleep(0)
             low, high = index_range(partition, 2**62)
+            part = self.parts.get(partition)
+            if part is not None and part.store.scan_from > low:
+                low = part.store.scan_from  # below it: fired entries, or their tombstones
             for key in db.keys(from_key=low):
                 if key >= high:
                     break
                 pending += 1
+                if pending % 20_000 == 0:
+                    await asyncio.sleep(0)
         self.metrics.census(counts)
         self.metrics.windows_pending.set(pending)
         data = Path(self.settings.data_dir)
@@ -467,6 +474,8 @@ class Runtime:
         self, sender: Any, /, *args: Any, signal: Any = None, **kwargs: Any
     ) -> None:
         self.assigned_once = True
+        for part in self.parts.values():  # partitions kept: recovery may have written entries
+            part.store.rescan()
         self.metrics.rebalances.inc()
 
     def ready(self) -> tuple[bool, str]:

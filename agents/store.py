@@ -43,17 +43,19 @@ PERSISTED_OFFSET_KEY = b"__faust\0offset__"
 class Layer:
     """A sealed transaction: what a partition changed in one checkpoint interval."""
 
-    __slots__ = ("customers", "index_adds", "writes")
+    __slots__ = ("customers", "first_add", "index_adds", "writes")
 
     def __init__(
         self,
         customers: dict[bytes, Customer | bytes],
         index_adds: dict[bytes, None],
         writes: dict[bytes, bytes | None],
+        first_add: bytes | None,
     ) -> None:
         self.customers = customers  # decoded, or encoded once a read or the checkpoint did
         self.index_adds = index_adds
         self.writes = writes
+        self.first_add = first_add  # the lowest key ever put in ``index_adds`` (None: none)
 
     def __len__(self) -> int:
         return len(self.customers) + len(self.index_adds) + len(self.writes)
@@ -71,7 +73,12 @@ class PartitionStore:
         self.customers: dict[bytes, Customer] = {}
         self.index_adds: dict[bytes, None] = {}
         self.writes: dict[bytes, bytes | None] = {}  # other keys: None removes
+        self.first_add: bytes | None = None  # the lowest key put in ``index_adds`` (None: none)
         self.sealed: list[Layer] = []  # sealed, not yet written to RocksDB; oldest first
+        # where the deadline-index scan of RocksDB starts: no entry below it is still indexed
+        # (entries fired since are removed in a transaction, or deleted: RocksDB would walk
+        # their tombstones on every scan from the start of the range)
+        self.scan_from = index_range(partition, 0)[0]
 
     @property
     def dirty(self) -> int:
@@ -117,27 +124,56 @@ class PartitionStore:
     def due(self, until: int, limit: int | None = None) -> list[bytes]:
         """Deadline-index keys due at or before ``until`` (the first ``limit``): a range scan
         of RocksDB plus the entries of the transactions not yet written, less those removed
-        since."""
+        since.
+
+        The scan starts at ``scan_from`` and moves it up to the first entry still indexed (but
+        never past an entry added and not yet in RocksDB), so entries fired and removed are
+        walked over once, not again on every later scan: firing a backlog a round at a time
+        would otherwise be quadratic in it. A key added below it lowers it
+        (``put_customer``)."""
         low, high = index_range(self.partition, until)
         keys: list[bytes] = []
         sealed = self.sealed
         writes = self.writes
-        for key in self.db.keys(from_key=low):
+        start = self.scan_from if self.scan_from > low else low
+        stop: bytes | None = None  # the first key not walked over: still indexed, or not due
+        for key in self.db.keys(from_key=start):
             if key >= high or len(keys) == limit:
+                if stop is None:
+                    stop = key
                 break
             if sealed:
                 if self._indexed(key):
                     keys.append(key)
             elif writes.get(key, b"") is not None:  # not removed in this interval
                 keys.append(key)
-        added = [k for k in self.index_adds if low <= k < high]
+            else:
+                continue
+            if stop is None:
+                stop = key
+        if stop is None:  # nothing left at or after ``start``: only additions can come
+            stop = high
+        # never past an entry added and not yet written: RocksDB gets it from the checkpoint
+        for first_add in (self.first_add, *(layer.first_add for layer in sealed)):
+            if first_add is not None and first_add < stop:
+                stop = first_add
+        self.scan_from = stop
+        added: list[bytes] = []
+        if self.first_add is not None and self.first_add < high:
+            added = [k for k in self.index_adds if low <= k < high]
         for layer in sealed:
-            added += [k for k in layer.index_adds if low <= k < high and self._indexed(k)]
+            if layer.first_add is not None and layer.first_add < high:
+                added += [k for k in layer.index_adds if low <= k < high and self._indexed(k)]
         if added:
-            keys = sorted(set(keys).union(added)) if sealed else sorted(keys + added)
+            keys = sorted(set(keys).union(added))  # an entry re-added is in both
             if limit is not None:
                 del keys[limit:]
         return keys
+
+    def rescan(self) -> None:
+        """Scan the deadline index from the start of the range again (entries were written
+        to RocksDB other than through ``put_customer``: table recovery)."""
+        self.scan_from = index_range(self.partition, 0)[0]
 
     # -- writes -----------------------------------------------------------------------------
 
@@ -147,6 +183,10 @@ class PartitionStore:
         if index_add is not None:
             self.index_adds[index_add] = None
             self.writes.pop(index_add, None)
+            if self.first_add is None or index_add < self.first_add:
+                self.first_add = index_add
+            if index_add < self.scan_from:
+                self.scan_from = index_add
 
     def remove(self, key: bytes) -> None:
         self.customers.pop(key, None)
@@ -169,11 +209,13 @@ class PartitionStore:
                     cast(dict[bytes, Customer | bytes], self.customers),
                     self.index_adds,
                     self.writes,
+                    self.first_add,
                 )
             )
             self.customers = {}
             self.index_adds = {}
             self.writes = {}
+            self.first_add = None
 
     def changes(self, layers: int) -> Iterator[tuple[bytes, bytes | None]]:
         """Every key of the first ``layers`` sealed layers once per layer (oldest first), in a
@@ -216,4 +258,5 @@ class PartitionStore:
         self.customers.clear()
         self.index_adds.clear()
         self.writes.clear()
+        self.first_add = None
         self.sealed.clear()

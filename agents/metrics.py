@@ -207,8 +207,10 @@ class Metrics:
         )
         self.windows_pending = Gauge(
             "percorso_windows_pending",
-            "Customers with a pending wake-up (window, deferral or "
-            "inactivity) in the deadline index of the partitions this worker owns.",
+            "Entries in the deadline index of the partitions this worker owns (pending "
+            "wake-ups: windows, deferrals, inactivity). Entries are hints: one written when a "
+            "customer's next due time moved earlier leaves the later one in place, so a "
+            "customer can count more than once.",
             registry=r,
         )
         self.windows_overdue = Gauge(

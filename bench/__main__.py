@@ -900,8 +900,20 @@ def main() -> int:
         help="events/s that latency and lateness take as the maximum when throughput is not "
         "measured in the same run",
     )
+    parser.add_argument(
+        "--windows", type=int, help="windows the lateness scenario arms (instead of the size's)"
+    )
+    parser.add_argument(
+        "--window-spread",
+        type=float,
+        help="seconds over which those windows fall due (instead of the size's)",
+    )
     args = parser.parse_args()
     sizes = QUICK if args.quick else FULL
+    if args.windows is not None:
+        sizes = replace(sizes, windows=args.windows)
+    if args.window_spread is not None:
+        sizes = replace(sizes, window_spread_s=args.window_spread)
     wanted = [s.strip() for s in args.only.split(",") if s.strip()]
     results: dict[str, Any] = {}
     results |= {

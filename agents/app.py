@@ -446,10 +446,8 @@ class Runtime:
                 db = patches.partition_db(self.state, partition)
             except Exception:  # not open yet (recovery)
                 continue
-            low, high = index_range(partition, now)
-            if part is not None and part.store.scan_from > low:
-                low = part.store.scan_from  # below it: fired entries, or their tombstones
-            for key in db.keys(from_key=low):
+            high = index_range(partition, now)[1]
+            for key in db.keys(from_key=self._index_start(partition)):
                 if key < high:
                     due = parse_index_key(key)[1]
                     oldest = due if oldest is None else min(oldest, due)
@@ -457,6 +455,12 @@ class Runtime:
         grace = 2 * self.options.tick_interval_s * 1000 + self.options.window_grace_ms
         overdue = now - oldest - grace if oldest is not None else 0
         m.windows_overdue.set(max(0, overdue) / 1000)
+
+    def _index_start(self, partition: int) -> bytes:
+        """Where the gauges' scans of a partition's deadline index start: the store's scan
+        start (below it: fired entries, or their tombstones), or the start of the range."""
+        part = self.parts.get(partition)
+        return part.store.scan_from if part is not None else index_range(partition, 0)[0]
 
     async def _census_once(self) -> None:
         """Customers per journey stage and pending wake-ups, recounted from the stored headers
@@ -475,11 +479,8 @@ class Runtime:
                     counts[pair] = counts.get(pair, 0) + 1
                 if seen % 2000 == 0:
                     await asyncio.sleep(0)
-            low, high = index_range(partition, 2**62)
-            part = self.parts.get(partition)
-            if part is not None and part.store.scan_from > low:
-                low = part.store.scan_from  # below it: fired entries, or their tombstones
-            for key in db.keys(from_key=low):
+            high = index_range(partition, 2**62)[1]
+            for key in db.keys(from_key=self._index_start(partition)):
                 if key >= high:
                     break
                 pending += 1

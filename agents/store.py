@@ -135,9 +135,8 @@ class PartitionStore:
         keys: list[bytes] = []
         sealed = self.sealed
         writes = self.writes
-        start = self.scan_from if self.scan_from > low else low
         stop: bytes | None = None  # the first key not walked over: still indexed, or not due
-        for key in self.db.keys(from_key=start):
+        for key in self.db.keys(from_key=self.scan_from):  # never below ``low``
             if key >= high or len(keys) == limit:
                 if stop is None:
                     stop = key
@@ -151,7 +150,7 @@ class PartitionStore:
                 continue
             if stop is None:
                 stop = key
-        if stop is None:  # nothing left at or after ``start``: only additions can come
+        if stop is None:  # nothing left at or after ``scan_from``: only additions can come
             stop = high
         # never past an entry added and not yet written: RocksDB gets it from the checkpoint
         for first_add in (self.first_add, *(layer.first_add for layer in sealed)):

@@ -13,8 +13,7 @@ Topics (co-partitioned, so Faust assigns partition *p* of each to the same worke
 - the changelog of the ``state`` table (``rocksdb://``, compacted): customers' states and the
   per-partition deadline index (``agents.processor``).
 
-Wake-ups (windows, quiet-hour releases, inactivity) fire from the same loop, between batches
-(in turns of at most ``FIRE_TURN_S``, so a backlog of them does not hold the records back),
+Wake-ups (windows, quiet-hour releases, inactivity) fire from the same loop, between batches,
 from the partition's deadline index, up to the *partition's safe time*: the wall clock (minus
 ``window_grace_ms``) when aiokafka's position is at the high watermark of both of the
 partition's topics (every record fetched was applied), else the latest event time applied on the
@@ -38,7 +37,7 @@ from prometheus_client import CollectorRegistry
 from agents import patches
 from agents.checkpoint import Checkpoint, Offsets
 from agents.metrics import CONTENT_TYPE, Metrics, Tally
-from agents.partition import PartitionProcessor, fire_turn, partition_for
+from agents.partition import PartitionProcessor, partition_for
 from agents.processor import (
     OUTPUT_TOO_LARGE,
     STATE_TOO_LARGE,
@@ -62,8 +61,7 @@ log = logging.getLogger("percorso.agents")
 RAW: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
 OBSERVE_INTERVAL_S = 5.0
 CENSUS_INTERVAL_S = 30.0
-FIRE_TURN_S = 0.05  # rounds of wake-ups fired in one turn of the consumer loop, at most
-FETCH_WAIT_S = 0.25  # how long a fetch waits for records when no wake-up is waiting
+WAKE_UPS_PER_ROUND = 1_000  # deadline-index entries fired per partition without a yield
 
 __all__ = ["Runtime", "RuntimeOptions", "now_ms", "partition_for"]
 
@@ -119,7 +117,6 @@ class Runtime:
         self._checkpointed_at = time.monotonic()
         self._checkpointing: asyncio.Future[None] | None = None  # the checkpoint under way
         self._fired_at = 0.0
-        self._more_due = False  # the last turn of wake-ups stopped with more due
         self.latest_event_ms = 0
         self.app.topics.add(self.source)
         patches.handle_batches(self.app, self)
@@ -220,12 +217,6 @@ class Runtime:
         self.metrics.last_processed.set(now / 1000)
         if self.latest_event_ms:
             self.metrics.last_event.set(self.latest_event_ms / 1000)
-        await self._after_changes()
-
-    async def _after_changes(self) -> None:
-        """After records or wake-ups were applied: a checkpoint at once when the transactions
-        hold ``checkpoint_max_dirty`` changed keys (after the one under way, if any: that
-        holds the loop back when checkpoints cannot keep up, so memory stays bounded)."""
         dirty = sum(part.store.dirty for part in self.parts.values())
         if dirty >= self.options.checkpoint_max_dirty:
             await self._settle()  # a checkpoint that cannot keep up holds the records back
@@ -236,26 +227,15 @@ class Runtime:
             await self._settle()  # its failure stops the worker; or the queue must empty
 
     async def on_idle(self) -> None:
-        """Between fetches: a checkpoint when its interval is up, and due wake-ups (every
-        ``tick_interval_s``, and at once while a backlog of them is being fired)."""
+        """Between fetches: a checkpoint when its interval is up, and due wake-ups."""
         clock = time.monotonic()
         if self._checkpointing is not None and self._checkpointing.done():
             await self._settle()
         if clock - self._checkpointed_at >= self.options.checkpoint_interval_s:
             self._start_checkpoint()
-        if (
-            self._more_due or clock - self._fired_at >= self.options.tick_interval_s
-        ) and self._may_fire():
-            if not self._more_due:
-                self._fired_at = clock
-            self._more_due = self.fire_due(now_ms())
-            await self._after_changes()
-        else:
-            self._more_due = False
-
-    def fetch_wait(self) -> float:
-        """A fetch does not wait for records while wake-ups are waiting to be fired."""
-        return 0.0 if self._more_due else FETCH_WAIT_S
+        if clock - self._fired_at >= self.options.tick_interval_s and self._may_fire():
+            self._fired_at = clock
+            await self.fire_due(now_ms())
 
     async def before_wait_empty(self) -> None:
         """A rebalance or a shutdown: make everything applied durable first."""
@@ -367,24 +347,22 @@ class Runtime:
             fetched = min(fetched, at)
         return fetched - self.options.window_grace_ms
 
-    def fire_due(self, now: int) -> bool:
-        """Fire what is due on the owned partitions, up to each one's safe time, for at most
-        ``FIRE_TURN_S`` (``agents.partition.fire_turn``). True when a partition may have more
-        due: the consumer loop then fetches without waiting, applies what came, and comes
-        back at once. So a backlog of wake-ups (a million windows falling due, or the hours of
-        an outage) holds up neither the records nor the checkpoints, whose
-        ``checkpoint_max_dirty`` bounds it as it does records."""
-        started = time.perf_counter()
-        due = []
+    async def fire_due(self, now: int) -> None:
+        """Fire what is due on every owned partition, up to its safe time, in rounds of at
+        most ``WAKE_UPS_PER_ROUND`` entries with the event loop free in between."""
         for partition in self._owned():
-            until = self.safe_time(partition, now)
-            if until is not None:
-                due.append((self._part(partition), until))
-        tally = Tally()
-        _, more = fire_turn(due, now, tally, FIRE_TURN_S)
-        if tally.ticks:
-            self.metrics.apply(tally, time.perf_counter() - started)
-        return more
+            while self._may_fire() and partition in self._owned():
+                until = self.safe_time(partition, now)
+                if until is None:
+                    break
+                started = time.perf_counter()
+                tally = Tally()
+                fired = self._part(partition).fire(until, now, WAKE_UPS_PER_ROUND, tally)
+                if fired:
+                    self.metrics.apply(tally, time.perf_counter() - started)
+                await asyncio.sleep(0)
+                if fired < WAKE_UPS_PER_ROUND:
+                    break
 
     # -- gauges -----------------------------------------------------------------------------
 

@@ -34,7 +34,7 @@ from rocksdict import Options, Rdict
 
 from agents.checkpoint import Checkpoint, Offsets
 from agents.metrics import Tally
-from agents.partition import PartitionProcessor, fire_turn, partition_for
+from agents.partition import PartitionProcessor, partition_for
 from agents.processor import Outgoing, Processor
 from agents.producer import DeliveryFailed
 from agents.store import PERSISTED_OFFSET_KEY, PartitionStore
@@ -178,7 +178,6 @@ class Driver:
         self.changelog = f"{self.settings.app_id}-state-changelog"
         self.tally = Tally()
         self.producer = LogProducer(self.log, partitions)
-        self.more_due = False  # the last ``fire`` stopped with more due
         self._dbs: dict[int, Rdict] = {}
         self.start()
 
@@ -296,16 +295,12 @@ class Driver:
         watermark = self.parts[partition].watermark
         return None if watermark is None else min(watermark, now - self.window_grace_ms)
 
-    def fire(self, now: int, limit: int = 20_000, budget_s: float = float("inf")) -> int:
-        """A turn of wake-ups as the worker fires them (``agents.partition.fire_turn``):
-        rounds of ``limit`` entries per partition, up to its safe time, until none is due or
-        ``budget_s`` is spent (``more_due`` says which). Returns how many were handled."""
-        due = []
+    def fire(self, now: int, limit: int = 20_000) -> int:
+        fired = 0
         for partition, part in self.parts.items():
             until = self.safe_time(partition, now)
             if until is not None:
-                due.append((part, until))
-        fired, self.more_due = fire_turn(due, now, self.tally, budget_s, limit)
+                fired += part.fire(until, now, limit, self.tally)
         return fired
 
     async def checkpoint_now(self) -> None:

@@ -11,7 +11,6 @@ the state that records them, and commits the offsets this object reports in ``of
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
@@ -53,7 +52,6 @@ class Record(Protocol):
 
 
 Produce = Callable[[Outgoing, int | None], None]  # (record, explicit partition or None)
-WAKE_UPS_PER_ROUND = 1_000  # deadline-index entries fired per partition in one round
 
 
 def partition_for(customer_id: str, partitions: int) -> int:
@@ -300,30 +298,3 @@ class PartitionProcessor:
             store.remove(index_key)
         tally.ticks += 1
         return len(due)
-
-
-def fire_turn(
-    due: Iterable[tuple[PartitionProcessor, int]],
-    now: int,
-    tally: Tally,
-    budget_s: float,
-    per_round: int = WAKE_UPS_PER_ROUND,
-) -> tuple[int, bool]:
-    """One turn of wake-ups: rounds of at most ``per_round`` index entries per partition, up
-    to its safe time (``due``: the partitions and their safe times), the partitions in turn,
-    until none has more due or ``budget_s`` is spent. Returns how many entries were handled,
-    and whether a partition may have more due (its last round was full)."""
-    started = time.perf_counter()
-    pending = list(due)
-    handled = 0
-    while pending:
-        full: list[tuple[PartitionProcessor, int]] = []
-        for part, until in pending:
-            fired = part.fire(until, now, per_round, tally)
-            handled += fired
-            if fired >= per_round:
-                full.append((part, until))
-        pending = full
-        if pending and time.perf_counter() - started >= budget_s:
-            return handled, True
-    return handled, False

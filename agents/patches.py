@@ -245,9 +245,6 @@ class BatchHandler(Protocol):
     async def on_idle(self) -> None:
         """Called after every fetch round, records or not (timers, checkpoints)."""
 
-    def fetch_wait(self) -> float:
-        """How long the next fetch may wait for records, in seconds (0: work is waiting)."""
-
     async def before_wait_empty(self) -> None:
         """Before faust waits for its streams to finish (on a rebalance and at shutdown)."""
 
@@ -316,7 +313,7 @@ def consumer_batch_loop() -> None:
             while not (consumer_should_stop() or fetcher_should_stop()):
                 set_flag(fetching)
                 generation = app.consumer_generation_id
-                records, active = await self._wait_next_records(handler.fetch_wait())
+                records, active = await self._wait_next_records(0.25)
                 if self.should_stop:
                     break
                 if not self.flow_active:

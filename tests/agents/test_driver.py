@@ -359,33 +359,6 @@ def test_a_window_is_woken_even_if_only_part_of_a_checkpoint_reached_the_changel
         assert driver.changelog_states() == states
 
 
-def test_a_backlog_of_wake_ups_fired_in_turns_with_checkpoints_between_equals_the_replay(
-    tmp_path: Path,
-) -> None:
-    """The worker fires a backlog of wake-ups in turns bounded in time, and fetches, applies
-    records and checkpoints between them. With no time to spend, a turn is one round of
-    ``limit`` entries per partition and says that more is due; fired that way, with a
-    checkpoint after every other turn, the backlog decides what the replay decides."""
-    driver = Driver(CATALOG, tmp_path)
-    driver.send(EVENTS)
-    run(driver.run(EVENTS[0]["occurred_at"], max_records=50))  # nothing due yet
-    turns = fired = 0
-    while True:
-        handled = driver.fire(END, limit=2, budget_s=0)
-        assert handled <= 2 * driver.partitions  # one round per partition
-        fired += handled
-        turns += 1
-        if turns % 2 == 0:
-            run(driver.checkpoint_now())
-        if not driver.more_due:
-            break
-        assert handled >= 2  # a full round
-    assert turns >= 5 and fired >= len(WANT_STATES)
-    assert driver.fire(END) == 0 and not driver.more_due
-    run(driver.checkpoint_now())
-    check(driver)
-
-
 def test_wake_ups_wait_for_the_touchpoints_that_could_cancel_them(tmp_path: Path) -> None:
     """Under backlog a partition fires only up to the latest event time applied on it."""
     driver = Driver(CATALOG, tmp_path, partitions=1)

@@ -172,13 +172,16 @@ class Collector:
         timeout: float,
         what: str,
         explain: Callable[[], str] | None = None,
+        every: float = 0.3,
     ) -> None:
+        """Poll until ``condition`` holds, looking at it every ``every`` seconds (a small
+        value: after every batch of at most 500 records)."""
         deadline = time.monotonic() + timeout
         while not condition():
             if time.monotonic() > deadline:
                 detail = f": {explain()}" if explain is not None else ""
                 raise AssertionError(f"timed out after {timeout} s waiting for {what}{detail}")
-            self.poll(0.3)
+            self.poll(every)
 
     def close(self) -> None:
         self.consumer.close()

@@ -223,6 +223,43 @@ def still_ahead(position: int | None, offset: int) -> bool:
     return position is not None and offset < position
 
 
+APPLY, DROP, REFETCH = "apply", "drop", "refetch"
+
+
+def batch_fate(
+    generation_before: int,
+    generation: int,
+    position: int | None,
+    committed: int | None,
+    first: int,
+    last: int,
+) -> str:
+    """What the consumer loop does with a batch a fetch returned (offsets ``first`` to
+    ``last``), given the group generation when it started waiting for the fetch and when the
+    records came back, aiokafka's position of the partition now and the committed offset faust
+    knows.
+
+    - ``DROP`` when the position is no longer past the batch: the partition was sought back
+      since (a rebalance, the seek to committed offsets after recovery), and the records come
+      again. Also when a rebalance happened during the wait and the batch starts below the
+      committed offset: fetched before the rebalance, and committed by whoever had it.
+    - ``REFETCH`` when a rebalance happened during the wait, the position is past the batch and
+      it is not committed: the batch may have been fetched on either side of the rebalance, and
+      dropping it would leave the position past records nobody applied (aiokafka returns no
+      record twice). Seen with fetches held 20 ms: a survivor whose fetch of a dead worker's
+      partitions returned within the wait that the takeover happened in never applied them.
+      The loop seeks back to ``first``, and they come again in the current generation.
+    - ``APPLY`` otherwise: aiokafka returns records only for the assignment active when they
+      come back and only from the partition's position, so they are this generation's."""
+    if not still_ahead(position, last):
+        return DROP
+    if generation == generation_before:
+        return APPLY
+    if first < (committed or 0):
+        return DROP
+    return REFETCH
+
+
 def current_generation(app: Any, message: Any) -> bool:
     """Whether a record was fetched in the consumer group's current generation. The stream
     drops records of an earlier one without processing them (``Stream._c_aiter``), and the
@@ -312,8 +349,9 @@ def consumer_batch_loop() -> None:
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
                 set_flag(fetching)
-                generation = app.consumer_generation_id
+                before = app.consumer_generation_id
                 records, active = await self._wait_next_records(0.25)
+                generation = app.consumer_generation_id
                 if self.should_stop:
                     break
                 if not self.flow_active:
@@ -324,6 +362,7 @@ def consumer_batch_loop() -> None:
                     await handler.on_idle()
                     continue
                 mine: dict[Any, list[Any]] = {}
+                refetch: dict[Any, int] = {}
                 for tp, batch in (records or {}).items():
                     if not batch or (
                         active is not None
@@ -333,8 +372,18 @@ def consumer_batch_loop() -> None:
                         continue
                     if app.consumer_generation_id != generation:
                         break  # a rebalance happened meanwhile: everything comes again
-                    if not still_ahead(position_of(tp), batch[-1].offset):
-                        continue  # sought back since it was fetched: it comes again
+                    fate = batch_fate(
+                        before,
+                        generation,
+                        position_of(tp),
+                        self._committed_offset.get(tp),
+                        batch[0].offset,
+                        batch[-1].offset,
+                    )
+                    if fate == REFETCH:
+                        refetch[tp] = batch[0].offset
+                    if fate != APPLY:
+                        continue
                     if tp.topic in handled:
                         mine[tp] = batch
                         continue
@@ -355,6 +404,14 @@ def consumer_batch_loop() -> None:
                                 app, message
                             ):
                                 set_read_offset(tp, offset)
+                for tp, offset in refetch.items():
+                    log.info(
+                        "%s[%s]: offsets %s on came back across a rebalance: fetching them again",
+                        tp.topic,
+                        tp.partition,
+                        offset,
+                    )
+                    await self.seek(tp, offset)
                 for tp, batch in mine.items():
                     # one partition's records at a time, at most BATCH_RECORDS per call, with
                     # the event loop free in between (web views, rebalance callbacks); each

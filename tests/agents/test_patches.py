@@ -161,6 +161,27 @@ def test_a_record_counts_as_read_only_while_the_position_is_past_it() -> None:
     assert not patches.still_ahead(None, 119)  # position unknown: being reset
 
 
+def test_a_batch_that_came_back_across_a_rebalance_is_fetched_again_not_dropped() -> None:
+    """A fetch that returns while the group moves to a new generation may hold records of
+    either generation. Dropping it skipped them when they were the new generation's: the
+    position stayed past records nobody applied (a survivor never applied a dead worker's
+    partitions, seen with fetches held 20 ms). Such a batch is fetched again from its first
+    record unless it is below the committed offset (the old generation's, already done)."""
+    fate = patches.batch_fate
+    # no rebalance during the wait: the records are this generation's
+    assert fate(3, 3, 17, None, 0, 16) == patches.APPLY
+    assert fate(3, 3, 17, 5, 5, 16) == patches.APPLY
+    # sought back since (or being reset): they come again by themselves
+    assert fate(3, 3, 5, 5, 5, 16) == patches.DROP
+    assert fate(2, 3, 0, None, 0, 16) == patches.DROP
+    assert fate(2, 3, None, None, 0, 16) == patches.DROP
+    # a rebalance during the wait, the position past the batch
+    assert fate(2, 3, 17, None, 0, 16) == patches.REFETCH  # uncommitted: read from the start
+    assert fate(2, 3, 17, 0, 0, 16) == patches.REFETCH
+    assert fate(2, 3, 17, 5, 5, 16) == patches.REFETCH  # from the committed offset on
+    assert fate(2, 3, 25, 25, 10, 20) == patches.DROP  # below the committed offset: done
+
+
 def test_an_untested_faust_or_aiokafka_refuses_to_start() -> None:
     patches.check_versions()  # the pinned versions pass
     with pytest.raises(patches.UntestedFaustVersion, match=r"faust-streaming 0\.16\.0"):

@@ -133,6 +133,7 @@ class Runtime:
     def _create_app(self) -> faust.App:
         patches.apply(
             self.profile.fetch_max_wait_ms,
+            self.profile.fetch_min_bytes,
             self.settings.kafka_config() if self.profile.end_offsets_from_fetch else None,
             idempotent_producer=self.profile.supports_idempotent_aiokafka,
         )

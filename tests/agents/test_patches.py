@@ -102,7 +102,7 @@ def test_patches_apply_once_and_mark_what_they_replaced() -> None:
     from faust.transport.drivers import aiokafka as driver
     from faust.transport.producer import ProducerBuffer
 
-    patches.apply(50)
+    patches.apply(50, 4096)
     patches.consumer_batch_loop()
     first = (
         ProducerBuffer.flush,
@@ -110,7 +110,7 @@ def test_patches_apply_once_and_mark_what_they_replaced() -> None:
         consumer.Consumer._drain_messages,
         driver.AIOKafkaConsumerThread._create_worker_consumer,
     )
-    patches.apply(50)
+    patches.apply(50, 4096)
     patches.consumer_batch_loop()
     again = (
         ProducerBuffer.flush,
@@ -122,7 +122,25 @@ def test_patches_apply_once_and_mark_what_they_replaced() -> None:
     assert getattr(first[0], "_percorso_complete", False)
     assert getattr(first[1], "_percorso_seek_unset", False)
     assert getattr(first[2], "_percorso_batches", False)
-    assert getattr(first[3], "_percorso_fetch_wait", None) == 50
+    assert getattr(first[3], "_percorso_fetch", None) == (50, 4096)
+
+
+def test_the_fetch_settings_reach_the_consumer_faust_creates(monkeypatch: Any) -> None:
+    """faust creates its aiokafka consumer with fetch_max_wait_ms=1500 and fetch_min_bytes=1;
+    the profile's values replace them before it starts, where aiokafka reads them."""
+    from aiokafka import AIOKafkaConsumer
+    from faust.transport.drivers import aiokafka as driver
+
+    def create(self: Any, *args: Any, **kwargs: Any) -> Any:
+        return AIOKafkaConsumer(fetch_max_wait_ms=1500, fetch_min_bytes=1)
+
+    async def created() -> Any:  # aiokafka builds its consumer inside a running loop
+        return driver.AIOKafkaConsumerThread._create_worker_consumer(object())
+
+    monkeypatch.setattr(driver.AIOKafkaConsumerThread, "_create_worker_consumer", create)
+    patches.override_fetch(20, 16_384)
+    consumer = asyncio.run(created())
+    assert (consumer._fetch_max_wait_ms, consumer._fetch_min_bytes) == (20, 16_384)
 
 
 def test_end_offsets_read_from_a_fetch_are_the_real_ends(

@@ -44,6 +44,7 @@ def test_real_kafka_profile_is_production_but_for_timeouts() -> None:
         "supports_idempotent_aiokafka",
         "applies_compaction",
         "fetch_max_wait_ms",
+        "fetch_min_bytes",
         "end_offsets_from_fetch",
     ):
         assert getattr(TEST_KAFKA_PROFILE, field) == getattr(PRODUCTION_PROFILE, field), field

@@ -364,7 +364,6 @@ def consumer_batch_loop() -> None:
                     await handler.on_idle()
                     continue
                 mine: dict[Any, list[Any]] = {}
-                refetch: dict[Any, int] = {}
                 for tp, batch in (records or {}).items():
                     if not batch or (
                         active is not None
@@ -383,7 +382,16 @@ def consumer_batch_loop() -> None:
                         batch[-1].offset,
                     )
                     if fate == REFETCH:
-                        refetch[tp] = batch[0].offset
+                        # now, before anything awaits: the partition is still assigned (its
+                        # position is known), and faust's seek does not suspend
+                        log.info(
+                            "%s[%s]: offsets %s on came back across a rebalance: fetching "
+                            "them again",
+                            tp.topic,
+                            tp.partition,
+                            batch[0].offset,
+                        )
+                        await self.seek(tp, batch[0].offset)
                     if fate != APPLY:
                         continue
                     if tp.topic in handled:
@@ -406,14 +414,6 @@ def consumer_batch_loop() -> None:
                                 app, message
                             ):
                                 set_read_offset(tp, offset)
-                for tp, offset in refetch.items():
-                    log.info(
-                        "%s[%s]: offsets %s on came back across a rebalance: fetching them again",
-                        tp.topic,
-                        tp.partition,
-                        offset,
-                    )
-                    await self.seek(tp, offset)
                 for tp, batch in mine.items():
                     # one partition's records at a time, at most BATCH_RECORDS per call, with
                     # the event loop free in between (web views, rebalance callbacks); each

@@ -6,7 +6,9 @@ runtime registers its partition loop. docs/architecture.md lists them.
 
 - The consumer loop hands whole fetched batches of the runtime's topics to the runtime
   (``handle_batches``), and the runtime checkpoints before faust's ``wait_empty`` on every
-  rebalance and shutdown (speed, and the commit protocol in one place).
+  rebalance and shutdown (speed, and the commit protocol in one place). A fetch that comes
+  back while the group moves to a new generation is fetched again rather than dropped
+  (``batch_fate``: durability).
 
 - ``ProducerBuffer.flush`` returns before the buffer is empty (durability).
 - ``seek_to_committed`` skips partitions without a committed offset, so records dropped from
